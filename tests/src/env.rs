@@ -1,0 +1,92 @@
+//! Per-test isolation: unique namespaces (and org names) so tests can run in parallel on one
+//! plane.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+
+use crate::plane::{Plane, cluster};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// One test's slice of the plane.
+pub struct TestEnv {
+    pub plane: Plane,
+    pub client: kube::Client,
+    /// A short unique id: `<test>-<pid>-<n>`, safe as a name and as a label value.
+    pub id: String,
+    namespaces: Vec<String>,
+}
+
+impl TestEnv {
+    /// Connects (or starts the plane) and reserves a unique id for `test`.
+    pub async fn new(test: &str) -> Result<Self> {
+        let (plane, client) = cluster().await?;
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let slug: String = test
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+            .take(30)
+            .collect();
+        let id = format!("{}-{}-{n}", slug.trim_matches('-'), std::process::id());
+        Ok(Self { plane, client, id, namespaces: Vec::new() })
+    }
+
+    /// A unique name derived from this test's id.
+    pub fn name(&self, suffix: &str) -> String {
+        format!("{}-{suffix}", self.id)
+    }
+
+    /// Creates a namespace `<id>-<suffix>` with the given labels.
+    pub async fn namespace(&mut self, suffix: &str, labels: &[(&str, &str)]) -> Result<String> {
+        let name = self.name(suffix);
+        let labels: BTreeMap<String, String> =
+            labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let ns = Namespace {
+            metadata: ObjectMeta { name: Some(name.clone()), labels: Some(labels), ..Default::default() },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(self.client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .with_context(|| format!("failed to create namespace {name}"))?;
+        self.namespaces.push(name.clone());
+        Ok(name)
+    }
+
+    /// Deletes the namespaces this test made. Call at the end of a test that passed; a failed
+    /// test leaves them for inspection (the plane is thrown away by `down`).
+    pub async fn cleanup(self) -> Result<()> {
+        let api = Api::<Namespace>::all(self.client.clone());
+        for ns in &self.namespaces {
+            api.delete(ns, &DeleteParams::background()).await.ok();
+        }
+        Ok(())
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Ok(Some(v))`, or fails after `timeout` with the
+/// last observation. A wait, not a timing assertion: the timeout only bounds a broken run.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let start = Instant::now();
+    let mut last = String::from("never checked");
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => last = "condition not met yet".into(),
+            Err(e) => last = format!("{e:#}"),
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,12 @@
+//! Test support for s2z's integration tests: every test talks to the real local control plane
+//! built by `tests/cluster` (etcd, kube-apiserver, controllers, scheduler, KWOK, kubectl).
+//!
+//! [`cluster`] connects to a running plane or starts one; [`TestEnv`] gives each test its own
+//! namespaces and orgs so tests run in parallel without interfering.
+
+pub mod env;
+pub mod plane;
+pub mod tls;
+
+pub use env::TestEnv;
+pub use plane::{Plane, cluster, kubectl};

@@ -1,0 +1,134 @@
+//! Finding, or starting, the local control plane, and running the real kubectl against it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+/// What `s2z-cluster up` recorded in `<state-dir>/cluster.json`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plane {
+    pub version: String,
+    pub server: String,
+    pub admin_kubeconfig: PathBuf,
+    pub restricted_kubeconfig: PathBuf,
+    pub ca_file: PathBuf,
+    pub bin_dir: PathBuf,
+    pub nodes: u32,
+    pub gpus_per_node: u32,
+    pub allow_zero_initial_scale: bool,
+}
+
+/// The repository root, found from this crate's manifest directory.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+fn state_dir() -> PathBuf {
+    std::env::var_os("S2Z_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".state").join("cluster"))
+}
+
+fn launcher() -> PathBuf {
+    repo_root().join("tests/cluster/bin/s2z-cluster")
+}
+
+const HOW_TO_START: &str = "build and start the local control plane with `make cluster` \
+(tests/cluster/build && tests/cluster/bin/s2z-cluster up), or run the whole suite with `make test`";
+
+static PLANE: OnceLock<std::result::Result<Plane, String>> = OnceLock::new();
+
+/// The running plane, started with `s2z-cluster up` if none answers. A test that cannot get a
+/// plane fails with a message saying how to start one; it never skips.
+pub fn plane() -> Result<Plane> {
+    PLANE
+        .get_or_init(|| find_or_start().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow::anyhow!("no local control plane: {e}\nhint: {HOW_TO_START}"))
+}
+
+fn find_or_start() -> Result<Plane> {
+    let dir = state_dir();
+    let bin = launcher();
+    if !bin.exists() {
+        bail!("{} is not built", bin.display());
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    // Test binaries run as separate processes; the lock lets exactly one of them start the plane.
+    let lock_path = dir.with_extension("lock");
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("failed to create {}", lock_path.display()))?;
+    fs2::FileExt::lock_exclusive(&lock).context("failed to lock the plane")?;
+    // `up` is idempotent: it returns at once when a healthy plane is already recorded.
+    let out = Command::new(&bin)
+        .arg("up")
+        .arg("--state-dir")
+        .arg(&dir)
+        .output()
+        .with_context(|| format!("failed to run {}", bin.display()))?;
+    fs2::FileExt::unlock(&lock).ok();
+    if !out.status.success() {
+        bail!(
+            "`s2z-cluster up` failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let path = dir.join("cluster.json");
+    let raw = std::fs::read(&path).with_context(|| format!("failed to read {}", path.display()))?;
+    serde_json::from_slice(&raw).with_context(|| format!("failed to parse {}", path.display()))
+}
+
+/// A kube client with admin rights on the plane. Each test makes its own, because a client's
+/// connections belong to the tokio runtime that made them.
+pub async fn cluster() -> Result<(Plane, kube::Client)> {
+    let plane = plane()?;
+    let client = client_for(&plane.admin_kubeconfig).await?;
+    Ok((plane, client))
+}
+
+/// A client for any kubeconfig file, e.g. the restricted identity's.
+pub async fn client_for(kubeconfig: &Path) -> Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("failed to read {}", kubeconfig.display()))?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .context("failed to load kubeconfig")?;
+    kube::Client::try_from(config).context("failed to build a client")
+}
+
+/// Runs the real kubectl built by tests/cluster with the admin kubeconfig. `extra_path` is put
+/// first on PATH, so plugins placed there are found the way kubectl finds them for a user.
+pub fn kubectl(plane: &Plane, extra_path: &[&Path], args: &[&str]) -> Result<Output> {
+    kubectl_as(plane, &plane.admin_kubeconfig, extra_path, args)
+}
+
+/// Like [`kubectl`], with another identity's kubeconfig.
+pub fn kubectl_as(
+    plane: &Plane,
+    kubeconfig: &Path,
+    extra_path: &[&Path],
+    args: &[&str],
+) -> Result<Output> {
+    let mut path: Vec<PathBuf> = extra_path.iter().map(|p| p.to_path_buf()).collect();
+    path.push(plane.bin_dir.clone());
+    if let Some(old) = std::env::var_os("PATH") {
+        path.extend(std::env::split_paths(&old));
+    }
+    let joined = std::env::join_paths(path).context("failed to build PATH")?;
+    Command::new(plane.bin_dir.join("kubectl"))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("PATH", joined)
+        .env_remove("NO_COLOR")
+        .output()
+        .context("failed to run kubectl")
+}
