@@ -77,13 +77,12 @@ where
     Fut: std::future::Future<Output = Result<Option<T>>>,
 {
     let start = Instant::now();
-    let mut last = String::from("never checked");
     loop {
-        match check().await {
+        let last = match check().await {
             Ok(Some(v)) => return Ok(v),
-            Ok(None) => last = "condition not met yet".into(),
-            Err(e) => last = format!("{e:#}"),
-        }
+            Ok(None) => "condition not met yet".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
         if start.elapsed() > timeout {
             bail!("timed out after {timeout:?} waiting for {what}: {last}");
         }
