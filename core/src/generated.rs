@@ -15,8 +15,12 @@ fn check(file: &str, rendered: &str) {
         std::fs::write(&path, rendered).expect("write generated file");
         return;
     }
-    let committed = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("failed to read {}: {e}; run `make generate`", path.display()));
+    let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "failed to read {}: {e}; run `make generate`",
+            path.display()
+        )
+    });
     assert!(
         committed == rendered,
         "{} is stale: run `make generate` and commit the result",

@@ -4,8 +4,10 @@
 //! as functions of plain data, so that all three reach the same answer and every rule can be
 //! tested without a cluster.
 
+pub mod activity;
 pub mod annotations;
 pub mod defrag;
+pub mod defrag_plan;
 pub mod dormancy;
 pub mod knative;
 pub mod labels;

@@ -224,7 +224,29 @@ impl OrgStatus {
 
 /// Renders the `orgs.s2z.dev` CustomResourceDefinition as YAML.
 pub fn try_crd_yaml() -> Result<String, serde_yaml::Error> {
-    serde_yaml::to_string(&Org::crd())
+    let mut crd = serde_json::to_value(Org::crd())
+        .map_err(<serde_yaml::Error as serde::ser::Error>::custom)?;
+    strip_unsigned_formats(&mut crd);
+    serde_yaml::to_string(&crd)
+}
+
+/// schemars marks unsigned integers `format: uint32|uint64`, which the API server does not know
+/// and warns about on every apply; the schema's `minimum: 0` already says what they mean.
+fn strip_unsigned_formats(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if map
+                .get("format")
+                .and_then(|f| f.as_str())
+                .is_some_and(|f| f.starts_with("uint"))
+            {
+                map.remove("format");
+            }
+            map.values_mut().for_each(strip_unsigned_formats);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_unsigned_formats),
+        _ => {}
+    }
 }
 
 /// Renders the `orgs.s2z.dev` CustomResourceDefinition as YAML (the source of
