@@ -3,20 +3,27 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 
 STATE_DIR ?= $(CURDIR)/.state/cluster
+KNATIVE_STATE_DIR ?= $(CURDIR)/.state/knative
 CLUSTER   := tests/cluster/bin/s2z-cluster
+KNATIVE   := tests/knative/bin/knative-version
 GO_SRC    := $(shell find tests/cluster -name '*.go' -o -name '*.yaml' -path '*fixtures*') tests/cluster/go.mod tests/cluster/go.sum tests/cluster/build
+KNATIVE_SRC := $(shell find tests/knative/cmd -name '*.go') tests/knative/go.mod tests/knative/go.sum tests/knative/build
 export S2Z_STATE_DIR := $(STATE_DIR)
+export S2Z_KNATIVE_STATE_DIR := $(KNATIVE_STATE_DIR)
 
-.PHONY: all build cluster cluster-up cluster-down test unit integration lint demo demo-down bench generate check-generated
+.PHONY: all build cluster cluster-up cluster-down knative-up knative-down test unit integration lint demo demo-down bench generate check-generated
 
 all: build
 
-## build: the Rust workspace (webhook, plugin) and the local control plane
-build: $(CLUSTER)
+## build: the Rust workspace (webhook, plugin), the local control plane and real Knative Serving
+build: $(CLUSTER) $(KNATIVE)
 	cargo build --workspace --bins
 
 $(CLUSTER): $(GO_SRC)
 	tests/cluster/build
+
+$(KNATIVE): $(KNATIVE_SRC)
+	tests/knative/build
 
 ## cluster-up / cluster-down: the local control plane, left running for you (see `$(CLUSTER) status`)
 cluster-up: $(CLUSTER)
@@ -24,13 +31,20 @@ cluster-up: $(CLUSTER)
 cluster-down:
 	@if [ -x $(CLUSTER) ]; then $(CLUSTER) down --state-dir $(STATE_DIR); fi
 
+## knative-up / knative-down: a second plane that also runs real Knative Serving (tests/knative)
+knative-up: $(CLUSTER) $(KNATIVE)
+	$(CLUSTER) up --knative --state-dir $(KNATIVE_STATE_DIR)
+knative-down:
+	@if [ -x $(CLUSTER) ]; then $(CLUSTER) down --state-dir $(KNATIVE_STATE_DIR); fi
+
 ## test: everything CI runs: formatting, lints, generated files, unit tests and integration tests
 test: build check-generated
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(CLUSTER) up --state-dir $(STATE_DIR)
 	status=0; cargo test --workspace --no-fail-fast || status=$$?; \
-	  $(CLUSTER) down --state-dir $(STATE_DIR) >/dev/null; exit $$status
+	  $(CLUSTER) down --state-dir $(STATE_DIR) >/dev/null; \
+	  $(CLUSTER) down --state-dir $(KNATIVE_STATE_DIR) >/dev/null; exit $$status
 
 ## unit: the pure unit tests only, no cluster needed
 unit:
@@ -43,3 +57,14 @@ generate:
 ## check-generated: fail when the committed YAML is stale
 check-generated:
 	cargo test -p s2z-core --lib generated -- --quiet
+
+DEMO_STATE_DIR ?= $(CURDIR)/.state/demo
+
+## demo: build, start a local control plane, install s2z and show it working; leaves it running
+demo:
+	DEMO_STATE_DIR=$(DEMO_STATE_DIR) scripts/demo.sh
+
+## demo-down: stop the demo's webhook and control plane
+demo-down:
+	@if [ -f $(DEMO_STATE_DIR)/webhook.pid ]; then kill $$(cat $(DEMO_STATE_DIR)/webhook.pid) 2>/dev/null || true; rm -f $(DEMO_STATE_DIR)/webhook.pid; fi
+	@if [ -x $(CLUSTER) ]; then $(CLUSTER) down --state-dir $(DEMO_STATE_DIR); fi

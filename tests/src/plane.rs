@@ -20,6 +20,13 @@ pub struct Plane {
     pub nodes: u32,
     pub gpus_per_node: u32,
     pub allow_zero_initial_scale: bool,
+    /// Started with `up --knative`: the real Knative Serving webhook, controller and autoscaler
+    /// run against this plane, with upstream's CRDs (see tests/knative).
+    #[serde(default)]
+    pub knative: bool,
+    /// The Knative release, e.g. `knative-v1.23.0`, when `knative` is set.
+    #[serde(default)]
+    pub knative_release: Option<String>,
 }
 
 /// The repository root, found from this crate's manifest directory.
@@ -43,24 +50,60 @@ fn launcher() -> PathBuf {
 const HOW_TO_START: &str = "build and start the local control plane with `make cluster` \
 (tests/cluster/build && tests/cluster/bin/s2z-cluster up), or run the whole suite with `make test`";
 
+const HOW_TO_START_KNATIVE: &str = "build the local control plane and Knative with \
+`tests/cluster/build && tests/knative/build`; tests that need real Knative start their own plane \
+with `s2z-cluster up --knative --state-dir .state/knative`";
+
 static PLANE: OnceLock<std::result::Result<Plane, String>> = OnceLock::new();
+static KNATIVE_PLANE: OnceLock<std::result::Result<Plane, String>> = OnceLock::new();
 
 /// The running plane, started with `s2z-cluster up` if none answers. A test that cannot get a
 /// plane fails with a message saying how to start one; it never skips.
 pub fn plane() -> Result<Plane> {
     PLANE
-        .get_or_init(|| find_or_start().map_err(|e| format!("{e:#}")))
+        .get_or_init(|| find_or_start(&state_dir(), &[]).map_err(|e| format!("{e:#}")))
         .clone()
         .map_err(|e| anyhow::anyhow!("no local control plane: {e}\nhint: {HOW_TO_START}"))
 }
 
-fn find_or_start() -> Result<Plane> {
-    let dir = state_dir();
+/// The state directory of the plane with real Knative: `S2Z_KNATIVE_STATE_DIR`, else
+/// `<repo>/.state/knative`. Separate from [`plane()`]'s, so that plane keeps its fixture CRDs.
+fn knative_state_dir() -> PathBuf {
+    std::env::var_os("S2Z_KNATIVE_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".state").join("knative"))
+}
+
+/// A plane running the real Knative Serving webhook, controller and autoscaler (built from the
+/// knative.dev/serving module by tests/knative/build), started once with `s2z-cluster up
+/// --knative` on its own state directory if none answers there. Like [`plane()`], it fails with
+/// a hint rather than skip. `make test` stops it at the end.
+pub fn knative_plane() -> Result<Plane> {
+    KNATIVE_PLANE
+        .get_or_init(|| {
+            let plane = find_or_start(&knative_state_dir(), &["--knative"]);
+            match plane {
+                Ok(p) if !p.knative => Err(format!(
+                    "the plane under {} runs without Knative",
+                    knative_state_dir().display()
+                )),
+                other => other.map_err(|e| format!("{e:#}")),
+            }
+        })
+        .clone()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "no local control plane with Knative: {e}\nhint: {HOW_TO_START_KNATIVE}"
+            )
+        })
+}
+
+fn find_or_start(dir: &Path, extra_args: &[&str]) -> Result<Plane> {
     let bin = launcher();
     if !bin.exists() {
         bail!("{} is not built", bin.display());
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
     // Test binaries run as separate processes; the lock lets exactly one of them start the plane.
     let lock_path = dir.with_extension("lock");
     let lock = std::fs::File::create(&lock_path)
@@ -70,7 +113,8 @@ fn find_or_start() -> Result<Plane> {
     let out = Command::new(&bin)
         .arg("up")
         .arg("--state-dir")
-        .arg(&dir)
+        .arg(dir)
+        .args(extra_args)
         .output()
         .with_context(|| format!("failed to run {}", bin.display()))?;
     fs2::FileExt::unlock(&lock).ok();
@@ -90,6 +134,13 @@ fn find_or_start() -> Result<Plane> {
 /// connections belong to the tokio runtime that made them.
 pub async fn cluster() -> Result<(Plane, kube::Client)> {
     let plane = plane()?;
+    let client = client_for(&plane.admin_kubeconfig).await?;
+    Ok((plane, client))
+}
+
+/// Like [`cluster`], on the plane with real Knative ([`knative_plane`]).
+pub async fn knative_cluster() -> Result<(Plane, kube::Client)> {
+    let plane = knative_plane()?;
     let client = client_for(&plane.admin_kubeconfig).await?;
     Ok((plane, client))
 }

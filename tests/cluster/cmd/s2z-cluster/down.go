@@ -84,6 +84,9 @@ func runStatus() int {
 	fmt.Printf("server:      %s (Kubernetes %s)\n", s.Server, s.Version)
 	fmt.Printf("kubeconfig:  %s\nrestricted:  %s\n", s.AdminKubeconfig, s.RestrictedKubeconfig)
 	fmt.Printf("nodes:       %d x %d GPUs\nready after: %.1fs\n", s.Nodes, s.GPUsPerNode, s.ReadySeconds)
+	if s.Knative {
+		fmt.Printf("knative:     %s (knative.dev/serving %s)\n", s.KnativeRelease, s.KnativeModule)
+	}
 	total := 0
 	healthy := true
 	for _, c := range recordedComponents(dir) {
@@ -91,7 +94,7 @@ func runStatus() int {
 		healthy = healthy && alive
 		rss := 0
 		if alive {
-			rss = rssKiB(c.pid)
+			rss = groupRSSKiB(c.pid)
 		}
 		total += rss
 		state := "running"

@@ -28,6 +28,7 @@ var components = map[string]func() int{
 	"down":                    runDown,
 	"status":                  runStatus,
 	"env":                     runEnv,
+	"cert":                    runCert,
 }
 
 func main() {

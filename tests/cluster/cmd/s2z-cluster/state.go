@@ -24,6 +24,9 @@ type State struct {
 	Nodes                int            `json:"nodes"`
 	GPUsPerNode          int            `json:"gpusPerNode"`
 	AllowZeroInitial     bool           `json:"allowZeroInitialScale"`
+	Knative              bool           `json:"knative"`
+	KnativeRelease       string         `json:"knativeRelease,omitempty"`
+	KnativeModule        string         `json:"knativeModule,omitempty"`
 	ReadySeconds         float64        `json:"readySeconds"`
 }
 
@@ -64,7 +67,7 @@ type component struct {
 // components lists the processes recorded under the state directory, in start order.
 func recordedComponents(dir string) []component {
 	var out []component
-	for _, name := range startOrder {
+	for _, name := range allComponents() {
 		b, err := os.ReadFile(filepath.Join(pidDir(dir), name+".pid"))
 		if err != nil {
 			continue
@@ -78,8 +81,8 @@ func recordedComponents(dir string) []component {
 	return out
 }
 
-// ours reports whether pid is alive and still one of our components, so that a recycled pid is
-// never signalled.
+// ours reports whether pid is alive and still one of our components (this binary, or the
+// helper that runs a Knative binary), so that a recycled pid is never signalled.
 func ours(pid int) bool {
 	if err := syscall.Kill(pid, 0); err != nil {
 		return false
@@ -88,7 +91,7 @@ func ours(pid int) bool {
 	if err != nil {
 		return false
 	}
-	return strings.Contains(string(cmdline), "s2z-cluster")
+	return strings.Contains(string(cmdline), "s2z-cluster") || strings.Contains(string(cmdline), "s2z-knative-run")
 }
 
 // rssKiB reads a process's resident set size from /proc.
@@ -107,4 +110,34 @@ func rssKiB(pid int) int {
 		}
 	}
 	return 0
+}
+
+// groupRSSKiB is the resident set size of every process in the process group that pid leads: a
+// component with the children it started (a Knative binary under its s2z-knative-run).
+func groupRSSKiB(pgid int) int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return rssKiB(pgid)
+	}
+	total := 0
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid pgrp ...; comm may contain spaces and parentheses.
+		rest := string(b)
+		if i := strings.LastIndexByte(rest, ')'); i >= 0 {
+			rest = rest[i+1:]
+		}
+		f := strings.Fields(rest)
+		if len(f) >= 3 && f[2] == strconv.Itoa(pgid) {
+			total += rssKiB(pid)
+		}
+	}
+	return total
 }

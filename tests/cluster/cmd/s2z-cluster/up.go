@@ -1,7 +1,8 @@
 package main
 
 // `up`: start etcd, kube-apiserver, kube-controller-manager, kube-scheduler and KWOK as separate
-// processes on free loopback ports, install the fixtures, and wait until nodes are Ready.
+// processes on free loopback ports, install the fixtures, and wait until nodes are Ready. With
+// --knative, also the real Knative Serving webhook, controller and autoscaler (knative.go).
 
 import (
 	"bytes"
@@ -41,6 +42,10 @@ type upOptions struct {
 	allowZeroInitial bool
 	foreground       bool
 	timeout          time.Duration
+	knative          bool
+	knativeBinDir    string
+	knativeRelease   string // filled from <knativeBinDir>/knative-version
+	knativeModule    string
 }
 
 func defaultStateDir() string {
@@ -52,6 +57,7 @@ func defaultStateDir() string {
 
 func runUp() int {
 	var o upOptions
+	var err error
 	fs := flag.NewFlagSet("up", flag.ContinueOnError)
 	fs.StringVar(&o.stateDir, "state-dir", defaultStateDir(), "directory for data, logs, certs and kubeconfigs (env S2Z_STATE_DIR)")
 	fs.IntVar(&o.nodes, "nodes", 4, "number of fake GPU nodes managed by KWOK")
@@ -59,9 +65,22 @@ func runUp() int {
 	fs.StringVar(&o.gpuProduct, "gpu-product", "NVIDIA-A100-SXM4-80GB", "value of the nvidia.com/gpu.product node label")
 	fs.BoolVar(&o.allowZeroInitial, "allow-zero-initial-scale", true, "Knative config-autoscaler allow-zero-initial-scale")
 	fs.BoolVar(&o.foreground, "foreground", false, "stay attached; Ctrl-C stops the plane (default: leave it running in the background)")
-	fs.DurationVar(&o.timeout, "timeout", 90*time.Second, "how long to wait for Ready")
+	fs.DurationVar(&o.timeout, "timeout", 90*time.Second, "how long to wait for Ready (default 180s with --knative)")
+	fs.BoolVar(&o.knative, "knative", false, "also run the real Knative Serving webhook, controller and autoscaler (built by tests/knative/build) with upstream's CRDs and ConfigMaps")
+	fs.StringVar(&o.knativeBinDir, "knative-bin-dir", defaultKnativeBinDir(), "where tests/knative/build put the Knative binaries and config")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
+	}
+	timeoutSet := false
+	fs.Visit(func(f *flag.Flag) { timeoutSet = timeoutSet || f.Name == "timeout" })
+	if o.knative {
+		if !timeoutSet {
+			o.timeout = 180 * time.Second
+		}
+		if o.knativeRelease, o.knativeModule, err = knativeRelease(o.knativeBinDir); err != nil {
+			fmt.Fprintf(os.Stderr, "up: --knative: %v\n", err)
+			return 1
+		}
 	}
 	if o.nodes < 0 || o.gpusPerNode < 0 {
 		fmt.Fprintln(os.Stderr, "up: --nodes and --gpus-per-node must be >= 0")
@@ -75,6 +94,10 @@ func runUp() int {
 	o.stateDir = abs
 
 	if s, err := readState(o.stateDir); err == nil && planeHealthy(o.stateDir, s) {
+		if s.Knative != o.knative {
+			fmt.Fprintf(os.Stderr, "up: a plane with knative=%t is already running under %s; stop it (down) or use another --state-dir\n", s.Knative, o.stateDir)
+			return 1
+		}
 		fmt.Printf("s2z-cluster: already running (state %s)\nexport KUBECONFIG=%s\n", o.stateDir, s.AdminKubeconfig)
 		return 0
 	}
@@ -98,6 +121,9 @@ func runUp() int {
 		return 1
 	}
 	fmt.Printf("s2z-cluster: Ready in %.1fs: Kubernetes %s, %d fake GPU nodes x %d GPUs\n", s.ReadySeconds, s.Version, s.Nodes, s.GPUsPerNode)
+	if s.Knative {
+		fmt.Printf("Knative Serving %s (knative.dev/serving %s): webhook, controller, autoscaler\n", s.KnativeRelease, s.KnativeModule)
+	}
 	fmt.Printf("export KUBECONFIG=%s\n", s.AdminKubeconfig)
 	fmt.Printf("export PATH=%s:$PATH\n", s.BinDir)
 	fmt.Printf("restricted identity: %s\n", s.RestrictedKubeconfig)
@@ -159,20 +185,20 @@ func up(ctx context.Context, o upOptions) (*State, error) {
 		return nil, err
 	}
 
-	if err := spawn(o.stateDir, self, "kube-apiserver",
-		"--etcd-servers="+etcdURL,
+	apiserverArgs := []string{
+		"--etcd-servers=" + etcdURL,
 		"--bind-address=127.0.0.1",
 		"--advertise-address=127.0.0.1",
 		fmt.Sprintf("--secure-port=%d", ports["apiserver"]),
-		"--cert-dir="+filepath.Join(o.stateDir, "apiserver"),
-		"--tls-cert-file="+creds.servingCert,
-		"--tls-private-key-file="+creds.servKey,
-		"--client-ca-file="+creds.caCert,
-		"--token-auth-file="+creds.tokenFile,
+		"--cert-dir=" + filepath.Join(o.stateDir, "apiserver"),
+		"--tls-cert-file=" + creds.servingCert,
+		"--tls-private-key-file=" + creds.servKey,
+		"--client-ca-file=" + creds.caCert,
+		"--token-auth-file=" + creds.tokenFile,
 		"--authorization-mode=RBAC",
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-		"--service-account-key-file="+creds.saPub,
-		"--service-account-signing-key-file="+creds.saKey,
+		"--service-account-key-file=" + creds.saPub,
+		"--service-account-signing-key-file=" + creds.saKey,
 		"--service-cluster-ip-range=10.0.0.0/24",
 		// A loopback advertise address is refused by the default endpoint reconciler.
 		"--endpoint-reconciler-type=none",
@@ -180,7 +206,13 @@ func up(ctx context.Context, o upOptions) (*State, error) {
 		"--profiling=false",
 		"--enable-priority-and-fairness=false",
 		"--storage-backend=etcd3",
-	); err != nil {
+	}
+	if o.knative {
+		// Knative's webhook is registered by Service: resolve it through its EndpointSlice, as
+		// there is no kube-proxy behind a ClusterIP here.
+		apiserverArgs = append(apiserverArgs, "--enable-aggregator-routing=true")
+	}
+	if err := spawn(o.stateDir, self, "kube-apiserver", apiserverArgs...); err != nil {
 		return nil, err
 	}
 	tlsCfg, err := clientTLS(creds.caCert)
@@ -241,8 +273,19 @@ func up(ctx context.Context, o upOptions) (*State, error) {
 		}
 		return nil
 	}
+	if o.knative {
+		// Upstream's CRDs and ConfigMaps first: the fixtures and our settings go on top of them.
+		if err := installKnative(o, kubectl); err != nil {
+			return nil, err
+		}
+	}
 	var fixtures bytes.Buffer
-	fixtures.Write(crdsYAML)
+	if o.knative {
+		fixtures.Write(withoutKnativeCRDs(crdsYAML))
+		fixtures.WriteString(knativeOverrides(o.knativeModule))
+	} else {
+		fixtures.Write(crdsYAML)
+	}
 	fixtures.Write(baseYAML)
 	fixtures.WriteString(configAutoscaler(o.allowZeroInitial))
 	fixtures.WriteString(nodesYAML(o.nodes, o.gpusPerNode, o.gpuProduct))
@@ -261,6 +304,11 @@ func up(ctx context.Context, o upOptions) (*State, error) {
 	if err := waitFor(ctx, "default ServiceAccount", func() error { return kubectl(nil, "get", "serviceaccount", "default", "-n", "default") }); err != nil {
 		return nil, err
 	}
+	if o.knative {
+		if err := startKnative(ctx, o, admin, ports, kubectl); err != nil {
+			return nil, err
+		}
+	}
 	version, _ := os.ReadFile(filepath.Join(binDir, "kubernetes-version"))
 	return &State{
 		Version:              strings.TrimSpace(string(version)),
@@ -273,17 +321,26 @@ func up(ctx context.Context, o upOptions) (*State, error) {
 		Nodes:                o.nodes,
 		GPUsPerNode:          o.gpusPerNode,
 		AllowZeroInitial:     o.allowZeroInitial,
+		Knative:              o.knative,
+		KnativeRelease:       o.knativeRelease,
+		KnativeModule:        o.knativeModule,
 	}, nil
 }
 
 // spawn starts one component as its own process group, logging to <state>/logs/<name>.log.
 func spawn(stateDir, self, name string, args ...string) error {
+	return spawnBinary(stateDir, name, self, nil, append([]string{name}, args...)...)
+}
+
+// spawnBinary is spawn for any binary, with env as its environment (nil: this process's).
+func spawnBinary(stateDir, name, bin string, env []string, args ...string) error {
 	logFile, err := os.OpenFile(filepath.Join(stateDir, "logs", name+".log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
 	if err != nil {
 		return err
 	}
 	defer logFile.Close()
-	cmd := exec.Command(self, append([]string{name}, args...)...)
+	cmd := exec.Command(bin, args...)
+	cmd.Env = env
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.Stdin = nil
@@ -357,7 +414,11 @@ func waitFor(ctx context.Context, what string, check func() error) error {
 // planeHealthy reports whether every recorded component is alive and the apiserver answers.
 func planeHealthy(dir string, s *State) bool {
 	comps := recordedComponents(dir)
-	if len(comps) != len(startOrder) {
+	want := len(startOrder)
+	if s.Knative {
+		want += len(knativeOrder)
+	}
+	if len(comps) != want {
 		return false
 	}
 	for _, c := range comps {

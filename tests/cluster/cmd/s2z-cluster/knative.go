@@ -1,0 +1,356 @@
+package main
+
+// `up --knative`: the real Knative Serving webhook, controller and autoscaler, built by
+// tests/knative/build from the knative.dev/serving Go module, run as separate processes against
+// this plane, with upstream's CRDs, ConfigMaps and webhook registrations read from that module.
+//
+// Not run, because they need real networking: the activator, any ingress and the net-*
+// controllers. Routes therefore wait for an Ingress that nothing reconciles, and a ksvc never
+// becomes Ready; Configurations, Revisions, Deployments and PodAutoscalers do their real work.
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+)
+
+// knativeOrder is started after startOrder, only with --knative; like startOrder, it is stopped
+// in reverse.
+var knativeOrder = []string{"knative-webhook", "knative-controller", "knative-autoscaler"}
+
+// allComponents is every component a plane may record, in start order.
+func allComponents() []string {
+	return append(append([]string{}, startOrder...), knativeOrder...)
+}
+
+// knativeAutoscalerPodIP is the address the autoscaler advertises for its stat websocket (env
+// POD_IP, required; it is written to an EndpointSlice, which refuses loopback addresses). Only an
+// activator or a second autoscaler would connect to it, and neither runs here.
+const knativeAutoscalerPodIP = "10.1.0.2"
+
+// defaultKnativeBinDir is tests/knative/bin, found from this binary's place in tests/cluster/bin.
+func defaultKnativeBinDir() string {
+	self, err := os.Executable()
+	if err != nil {
+		return filepath.Join("tests", "knative", "bin")
+	}
+	if resolved, err := filepath.EvalSymlinks(self); err == nil {
+		self = resolved
+	}
+	return filepath.Clean(filepath.Join(filepath.Dir(self), "..", "..", "knative", "bin"))
+}
+
+// knativeRelease reads what tests/knative/build recorded: the release ("knative-v1.23.0") and
+// the knative.dev/serving module version ("v0.50.0").
+func knativeRelease(binDir string) (release, module string, err error) {
+	for _, name := range []string{"controller", "autoscaler", "webhook", "s2z-knative-run"} {
+		if _, err := os.Stat(filepath.Join(binDir, name)); err != nil {
+			return "", "", fmt.Errorf("Knative is not built (%v): run tests/knative/build", err)
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(binDir, "knative-version"))
+	if err != nil {
+		return "", "", fmt.Errorf("Knative is not built (%v): run tests/knative/build", err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return "", "", fmt.Errorf("unexpected content in %s: %q", filepath.Join(binDir, "knative-version"), b)
+	}
+	return f[0], f[1], nil
+}
+
+var yamlSeparator = regexp.MustCompile(`(?m)^---[ \t]*$`)
+
+// withoutKnativeCRDs drops our minimal stand-ins for Knative's CRDs from the fixtures, for a
+// plane that installs upstream's; the other fixtures (KServe's CRD) stay.
+func withoutKnativeCRDs(fixtures []byte) []byte {
+	var out bytes.Buffer
+	for _, doc := range yamlSeparator.Split(string(fixtures), -1) {
+		crd := strings.Contains(doc, "kind: CustomResourceDefinition")
+		knative := strings.Contains(doc, "group: serving.knative.dev") || strings.Contains(doc, "group: autoscaling.internal.knative.dev")
+		if strings.TrimSpace(doc) == "" || (crd && knative) {
+			continue
+		}
+		out.WriteString("---\n")
+		out.WriteString(strings.TrimLeft(doc, "\n"))
+		if !strings.HasSuffix(doc, "\n") {
+			out.WriteString("\n")
+		}
+	}
+	return out.Bytes()
+}
+
+// readManifests concatenates YAML files in name order, with the release version written into
+// the `app.kubernetes.io/version: devel` labels, as upstream's release process does.
+func readManifests(release string, paths ...string) ([]byte, error) {
+	version := strings.TrimPrefix(release, "knative-v")
+	var out bytes.Buffer
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, err
+		}
+		b = bytes.ReplaceAll(b, []byte("app.kubernetes.io/version: devel"), []byte(fmt.Sprintf("app.kubernetes.io/version: %q", version)))
+		out.WriteString("---\n")
+		out.Write(b)
+		out.WriteString("\n")
+	}
+	return out.Bytes(), nil
+}
+
+func globSorted(pattern string) []string {
+	m, _ := filepath.Glob(pattern)
+	sort.Strings(m)
+	return m
+}
+
+// knativeUpstream is what the release YAML would install, minus the Deployments (the processes
+// run here instead) and minus the webhook registrations (applied once the webhook has a route).
+func knativeUpstream(binDir, release string) ([]byte, error) {
+	cfg := filepath.Join(binDir, "config")
+	paths := []string{filepath.Join(cfg, "100-namespace.yaml")}
+	paths = append(paths, globSorted(filepath.Join(cfg, "crds", "*.yaml"))...)
+	paths = append(paths, globSorted(filepath.Join(cfg, "configmaps", "*.yaml"))...)
+	paths = append(paths, filepath.Join(cfg, "webhooks", "secret.yaml"))
+	if len(paths) < 10 {
+		return nil, fmt.Errorf("upstream manifests missing under %s: run tests/knative/build", cfg)
+	}
+	return readManifests(release, paths...)
+}
+
+func knativeWebhookRegistrations(binDir, release string) ([]byte, error) {
+	w := filepath.Join(binDir, "config", "webhooks")
+	return readManifests(release,
+		filepath.Join(w, "defaulting.yaml"),
+		filepath.Join(w, "resource-validation.yaml"),
+		filepath.Join(w, "configmap-validation.yaml"))
+}
+
+// queueImage is the queue-proxy image written into config-deployment. KWOK's pods never pull an
+// image, so it is a digest reference on a reserved domain (.invalid), which Knative uses as is:
+// nothing ever contacts a registry. The digest is derived from the module version, for a stable
+// value per release.
+func queueImage(module string) string {
+	sum := sha256.Sum256([]byte("knative.dev/serving/cmd/queue@" + module))
+	return "example.invalid/knative.dev/serving/cmd/queue@sha256:" + hex.EncodeToString(sum[:])
+}
+
+// knativeOverrides are our settings on top of upstream's ConfigMaps (config-autoscaler is
+// rendered by configAutoscaler, as for the fixture plane).
+func knativeOverrides(module string) string {
+	return fmt.Sprintf(`---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: config-deployment
+  namespace: knative-serving
+data:
+  queue-sidecar-image: %s
+  # Images on these registries are used by tag, without resolving a digest (which would contact
+  # the registry). Images given by digest are never resolved anyway.
+  registries-skipping-tag-resolving: "kind.local,ko.local,dev.local,example.invalid,example.com"
+`, queueImage(module))
+}
+
+// knativeWebhookRoute makes Knative's webhook reachable for the apiserver. Its registrations name
+// the Service knative-serving/webhook, and its own reconciler insists on a Service reference. The
+// apiserver runs with --enable-aggregator-routing, so it dials the Service's EndpointSlice
+// address, and checks the certificate Knative made for webhook.knative-serving.svc. An
+// EndpointSlice refuses loopback addresses, hence a non-loopback address of this host.
+func knativeWebhookRoute(ip net.IP, port int) string {
+	family := "IPv4"
+	if ip.To4() == nil {
+		family = "IPv6"
+	}
+	return fmt.Sprintf(`---
+apiVersion: v1
+kind: Service
+metadata:
+  name: webhook
+  namespace: knative-serving
+  labels:
+    app.kubernetes.io/component: webhook
+    app.kubernetes.io/name: knative-serving
+    s2z.dev/out-of-cluster: "true"
+spec:
+  ports:
+    - name: https-webhook
+      port: 443
+      targetPort: %[3]d
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: webhook-s2z
+  namespace: knative-serving
+  labels:
+    kubernetes.io/service-name: webhook
+    endpointslice.kubernetes.io/managed-by: s2z.dev
+addressType: %[1]s
+endpoints:
+  - addresses: ["%[2]s"]
+    conditions:
+      ready: true
+ports:
+  - name: https-webhook
+    port: %[3]d
+    protocol: TCP
+`, family, ip.String(), port)
+}
+
+// hostIP is a non-loopback address of this host, where the apiserver can reach the webhook.
+func hostIP() (net.IP, error) {
+	ifaces, err := net.Interfaces()
+	if err != nil {
+		return nil, err
+	}
+	var v6 net.IP
+	for _, iface := range ifaces {
+		if iface.Flags&net.FlagUp == 0 || iface.Flags&net.FlagLoopback != 0 {
+			continue
+		}
+		addrs, err := iface.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			n, ok := a.(*net.IPNet)
+			if !ok || !n.IP.IsGlobalUnicast() {
+				continue
+			}
+			if n.IP.To4() != nil {
+				return n.IP, nil
+			}
+			if v6 == nil {
+				v6 = n.IP
+			}
+		}
+	}
+	if v6 != nil {
+		return v6, nil
+	}
+	return nil, errors.New("this host has no non-loopback address: Knative's webhook is registered by Service, " +
+		"and the apiserver can only reach it through an EndpointSlice address, which may not be a loopback address")
+}
+
+// installKnative applies upstream's namespace, CRDs, ConfigMaps and webhook Secret, under their
+// own field manager so that our settings, applied next, override only what they set.
+func installKnative(o upOptions, kubectl func(stdin []byte, args ...string) error) error {
+	upstream, err := knativeUpstream(o.knativeBinDir, o.knativeRelease)
+	if err != nil {
+		return err
+	}
+	if err := kubectl(upstream, "apply", "--server-side", "--force-conflicts", "--field-manager=knative-release", "-f", "-"); err != nil {
+		return err
+	}
+	return kubectl(nil, "wait", "--for=condition=Established", "crd", "-l", "knative.dev/crd-install=true", "--timeout=60s")
+}
+
+// startKnative makes the webhook reachable, registers it, and starts the webhook, controller and
+// autoscaler, waiting until each works.
+func startKnative(ctx context.Context, o upOptions, admin string, ports map[string]int,
+	kubectl func(stdin []byte, args ...string) error) error {
+	apiPort := ports["apiserver"]
+	ip, err := hostIP()
+	if err != nil {
+		return err
+	}
+	for _, name := range []string{"knative-webhook", "knative-webhook-profiling"} {
+		if ports[name], err = freePort(); err != nil {
+			return err
+		}
+	}
+	route := knativeWebhookRoute(ip, ports["knative-webhook"])
+	if err := kubectl([]byte(route), "apply", "--server-side", "--force-conflicts", "-f", "-"); err != nil {
+		return err
+	}
+	registrations, err := knativeWebhookRegistrations(o.knativeBinDir, o.knativeRelease)
+	if err != nil {
+		return err
+	}
+	if err := kubectl(registrations, "apply", "--server-side", "--force-conflicts", "--field-manager=knative-release", "-f", "-"); err != nil {
+		return err
+	}
+
+	run := filepath.Join(o.knativeBinDir, "s2z-knative-run")
+	bin := func(name string) string { return filepath.Join(o.knativeBinDir, name) }
+	// The environment each Deployment in config/core/deployments gives its container.
+	env := func(pod string, extra ...string) []string {
+		return append(append(os.Environ(),
+			"SYSTEM_NAMESPACE=knative-serving",
+			"POD_NAME="+pod,
+			"CONFIG_LOGGING_NAME=config-logging",
+			"CONFIG_OBSERVABILITY_NAME=config-observability",
+		), extra...)
+	}
+	// The webhook runs in the host's network namespace, where the apiserver reaches it; every port
+	// it opens is set here.
+	if err := spawnBinary(o.stateDir, "knative-webhook", run,
+		env("webhook-s2z",
+			"WEBHOOK_NAME=webhook",
+			fmt.Sprintf("WEBHOOK_PORT=%d", ports["knative-webhook"]),
+			fmt.Sprintf("PROFILING_PORT=%d", ports["knative-webhook-profiling"]),
+		),
+		"--", bin("webhook"), "--kubeconfig="+admin); err != nil {
+		return err
+	}
+	// Ready when the webhook has reconciled its registrations (CA bundle and rules) and the
+	// apiserver gets answers from it: a server-side dry run of a Service goes through both the
+	// defaulting and the validating webhook.
+	probe := []byte(fmt.Sprintf(`apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: s2z-webhook-probe
+  namespace: knative-serving
+spec:
+  template:
+    spec:
+      containers:
+        - image: %s
+`, queueImage(o.knativeModule)))
+	if err := waitFor(ctx, "Knative webhook", func() error {
+		if err := kubectl(nil, "get", "mutatingwebhookconfiguration", "webhook.serving.knative.dev",
+			"-o=jsonpath={.webhooks[0].rules[0].resources}", "--allow-missing-template-keys=false"); err != nil {
+			return err
+		}
+		return kubectl(probe, "create", "--dry-run=server", "-f", "-")
+	}); err != nil {
+		return err
+	}
+
+	// The controller and the autoscaler each bind :8080, so each gets its own network namespace,
+	// with only the apiserver reachable (at the same loopback address as on the host).
+	apiAddr := fmt.Sprintf("--forward=127.0.0.1:%d", apiPort)
+	if err := spawnBinary(o.stateDir, "knative-controller", run, env("controller-s2z"),
+		"--netns", apiAddr, "--", bin("controller"), "--kubeconfig="+admin); err != nil {
+		return err
+	}
+	if err := spawnBinary(o.stateDir, "knative-autoscaler", run, env("autoscaler-s2z", "POD_IP="+knativeAutoscalerPodIP),
+		"--netns", apiAddr, "--", bin("autoscaler"), "--kubeconfig="+admin); err != nil {
+		return err
+	}
+	// Each leads its reconcilers through Leases in knative-serving (the autoscaler through one
+	// lease per bucket); holding them means running.
+	for _, lease := range []string{
+		"controller.knative.dev.serving.pkg.reconciler.revision.reconciler.00-of-01",
+		"controller.knative.dev.serving.pkg.reconciler.configuration.reconciler.00-of-01",
+		"autoscaler-bucket-00-of-01",
+	} {
+		if err := waitFor(ctx, "Knative lease "+lease, func() error {
+			return kubectl(nil, "get", "lease", "-n", "knative-serving", lease,
+				"-o=jsonpath={.spec.holderIdentity}", "--allow-missing-template-keys=false")
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
