@@ -107,8 +107,10 @@ for _ in $(seq 1 100); do
   [[ $(kubectl get org sleepy -o jsonpath='{.status.state}') == Active ]] && break; sleep 0.2
 done
 [[ $(kubectl get org sleepy -o jsonpath='{.status.state}') == Active ]] || fail "sleepy did not wake"
-wait_warm sleepy
-run kubectl s2z status
+run kubectl s2z status sleepy
+echo "sleepy's revisions, declared values restored in place (no new revision):"
+kubectl get revisions -n sleepy -o custom-columns='REVISION:.metadata.name,MIN-SCALE:.metadata.annotations.autoscaling\.knative\.dev/min-scale,INITIAL-SCALE:.metadata.annotations.autoscaling\.knative\.dev/initial-scale'
+echo "(sleepy's dormancy period is ${period}s, so without more activity it goes dormant again ${period}s from now)"
 
 step "kubectl s2z defrag --dry-run on the busiest GPU node"
 node=$(kubectl get pods -A -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | grep . | sort | uniq -c | sort -rn | awk 'NR==1{print $2}')

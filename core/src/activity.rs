@@ -220,22 +220,34 @@ impl<T: Ord + Copy> Coalescer<T> {
         }
     }
 
+    /// Every org with activity held, and the newest timestamp held for it, sorted by org.
+    pub fn pending_orgs(&self) -> Vec<(String, DateTime<Utc>)> {
+        let mut all: Vec<(String, DateTime<Utc>)> = self
+            .entries
+            .iter()
+            .map(|(org, entry)| (org.clone(), entry.newest))
+            .collect();
+        all.sort();
+        all
+    }
+
     /// The earliest time an entry falls due.
     pub fn next_due(&self) -> Option<T> {
         self.schedule.first().map(|(t, _)| *t)
     }
 
-    /// Entries due at `now` whose write may start: each becomes in flight and is returned with
-    /// the timestamp to write. An entry the rate limit still holds back is rescheduled to the
-    /// time `admit` gives.
+    /// Up to `max` entries due at `now` whose write may start: each becomes in flight and is
+    /// returned with the timestamp to write. An entry the rate limit still holds back is
+    /// rescheduled to the time `admit` gives.
     pub fn take_due(
         &mut self,
         now: T,
+        max: usize,
         mut admit: impl FnMut(&str) -> Option<T>,
     ) -> Vec<(String, DateTime<Utc>)> {
         let mut due = Vec::new();
         while let Some((until, org)) = self.schedule.first().cloned() {
-            if until > now {
+            if until > now || due.len() >= max {
                 break;
             }
             self.schedule.remove(&(until, org.clone()));

@@ -116,7 +116,7 @@ fn first_signal_writes_now_and_later_ones_merge_while_in_flight() {
         Offer::WriteNow
     );
     assert_eq!(
-        c.take_due(0, |_| bucket.admit()),
+        c.take_due(0, usize::MAX, |_| bucket.admit()),
         vec![("a".into(), secs(1))]
     );
     assert_eq!(bucket.asked, 1, "a granted write is not asked twice");
@@ -132,10 +132,10 @@ fn first_signal_writes_now_and_later_ones_merge_while_in_flight() {
     // The write of secs(1) ends; secs(3) waits for the next token.
     c.finish("a", WriteOutcome::Done, 2, || bucket.admit());
     assert_eq!(c.next_due(), Some(100));
-    assert!(c.take_due(99, |_| bucket.admit()).is_empty());
+    assert!(c.take_due(99, usize::MAX, |_| bucket.admit()).is_empty());
     bucket.tokens = 1;
     assert_eq!(
-        c.take_due(100, |_| bucket.admit()),
+        c.take_due(100, usize::MAX, |_| bucket.admit()),
         vec![("a".into(), secs(3))]
     );
     c.finish("a", WriteOutcome::Done, 101, || bucket.admit());
@@ -162,7 +162,7 @@ fn suppressed_signals_coalesce_into_one_write_at_window_end() {
     }
     assert_eq!(bucket.asked, 1);
     bucket.tokens = 1;
-    let due = c.take_due(50, |_| bucket.admit());
+    let due = c.take_due(50, usize::MAX, |_| bucket.admit());
     assert_eq!(due, vec![("a".into(), secs(19))], "one write, the newest");
     c.finish("a", WriteOutcome::Done, 51, || bucket.admit());
     assert!(c.is_empty());
@@ -178,7 +178,7 @@ fn a_window_still_closed_is_waited_for_again() {
     };
     c.offer("a", secs(1), false, 0, || bucket.admit());
     bucket.next = 80;
-    assert!(c.take_due(50, |_| bucket.admit()).is_empty());
+    assert!(c.take_due(50, usize::MAX, |_| bucket.admit()).is_empty());
     assert_eq!(c.next_due(), Some(80));
 }
 
@@ -195,7 +195,7 @@ fn dormant_org_skips_the_limit_even_while_coalescing() {
         Offer::WriteNow
     );
     assert_eq!(bucket.asked, 0);
-    assert_eq!(c.take_due(0, |_| bucket.admit()).len(), 1);
+    assert_eq!(c.take_due(0, usize::MAX, |_| bucket.admit()).len(), 1);
     c.finish("a", WriteOutcome::Done, 1, || bucket.admit());
 
     assert_eq!(
@@ -207,19 +207,22 @@ fn dormant_org_skips_the_limit_even_while_coalescing() {
         Offer::WriteNow
     );
     assert_eq!(c.next_due(), Some(5));
-    assert_eq!(c.take_due(5, |_| Some(999)), vec![("b".into(), secs(2))]);
+    assert_eq!(
+        c.take_due(5, usize::MAX, |_| Some(999)),
+        vec![("b".into(), secs(2))]
+    );
 }
 
 #[test]
 fn failed_writes_keep_everything_and_retry() {
     let mut c = Coalescer::new();
     c.offer("a", secs(1), false, 0, || None);
-    assert_eq!(c.take_due(0, |_| None).len(), 1);
+    assert_eq!(c.take_due(0, usize::MAX, |_| None).len(), 1);
     c.offer("a", secs(5), false, 1, || None);
     c.finish("a", WriteOutcome::Retry { at: 30 }, 2, || Some(1000));
     assert_eq!(c.next_due(), Some(30));
     assert_eq!(
-        c.take_due(30, |_| Some(1000)),
+        c.take_due(30, usize::MAX, |_| Some(1000)),
         vec![("a".into(), secs(5))],
         "a retry needs no new token and carries the newest"
     );
@@ -229,7 +232,7 @@ fn failed_writes_keep_everything_and_retry() {
 fn gone_orgs_are_dropped_and_unknown_finishes_ignored() {
     let mut c = Coalescer::new();
     c.offer("a", secs(1), false, 0, || None);
-    c.take_due(0, |_| None);
+    c.take_due(0, usize::MAX, |_| None);
     c.finish("a", WriteOutcome::Gone, 1, || None);
     assert!(c.is_empty());
     c.finish("zzz", WriteOutcome::Done, 1, || None);
@@ -242,13 +245,32 @@ fn take_all_flushes_everything_not_in_flight() {
     c.offer("a", secs(1), false, 0, || Some(100));
     c.offer("b", secs(2), false, 0, || None);
     c.offer("c", secs(3), false, 0, || None);
-    let first = c.take_due(0, |_| None);
+    let first = c.take_due(0, usize::MAX, |_| None);
     assert_eq!(first.len(), 2);
     let mut rest = c.take_all();
     rest.sort();
     assert_eq!(rest, vec![("a".into(), secs(1))]);
     assert_eq!(c.next_due(), None);
     assert_eq!(c.len(), 3);
+    assert_eq!(
+        c.pending_orgs(),
+        vec![
+            ("a".into(), secs(1)),
+            ("b".into(), secs(2)),
+            ("c".into(), secs(3))
+        ]
+    );
+}
+
+#[test]
+fn take_due_respects_the_batch_size() {
+    let mut c = Coalescer::new();
+    for org in ["a", "b", "c"] {
+        c.offer(org, secs(1), false, 0, || None);
+    }
+    assert_eq!(c.take_due(0, 2, |_| None).len(), 2);
+    assert_eq!(c.next_due(), Some(0));
+    assert_eq!(c.take_due(0, 2, |_| None).len(), 1);
 }
 
 #[test]
@@ -256,7 +278,7 @@ fn orgs_are_independent() {
     let mut c = Coalescer::new();
     assert_eq!(c.offer("a", secs(1), false, 0, || None), Offer::WriteNow);
     assert_eq!(c.offer("b", secs(1), false, 0, || None), Offer::WriteNow);
-    let mut due = c.take_due(0, |_| None);
+    let mut due = c.take_due(0, usize::MAX, |_| None);
     due.sort();
     assert_eq!(due, vec![("a".into(), secs(1)), ("b".into(), secs(1))]);
 }

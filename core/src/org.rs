@@ -193,6 +193,10 @@ pub struct OrgStatus {
     /// The `metadata.generation` this status reflects.
     #[serde(default)]
     pub observed_generation: Option<i64>,
+    /// When the controller last evaluated the org on request (RFC 3339); `kubectl s2z sweep`
+    /// waits for it to pass the time of its `s2z.dev/reconcile-requested-at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_evaluated_at: Option<String>,
 }
 
 impl OrgStatus {

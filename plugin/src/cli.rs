@@ -1,0 +1,383 @@
+//! The command line: the root parser, the kubectl-style option groups every subcommand shares,
+//! and the resolution of raw flags into a checked [`Options`] before anything runs.
+//!
+//! Each subcommand owns its own `Args` next to its code; adding one is a module, a variant of
+//! [`Command`] and a match arm in `lib.rs`.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::error::{Error, Result};
+use crate::{completion, defrag, settings, status, sweep, toggle, version};
+
+/// Exit codes, shown at the end of `--help`.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success (also when the output pipe is closed early, e.g. `| head`)
+  1  other failure, e.g. an unexpected API error
+  2  bad usage or invalid value (unknown flag, bad duration or rate limit)
+  3  refused: valid but unsafe or pointless; --force may override
+  4  no usable cluster: kubeconfig/context unusable, server unreachable, credentials rejected
+  5  s2z not installed: the orgs.s2z.dev CRD is missing
+  6  forbidden by RBAC: the message names the missing verb and resource
+  7  unknown org
+  8  timed out waiting for the s2z controller";
+
+/// See and steer s2z, org-level scale to zero for Knative and KServe.
+///
+/// An org is the set of namespaces labelled s2z.dev/org=<org>. When it has had no activity for
+/// the dormancy period, the s2z controller scales its pynodes and models to zero; activity wakes
+/// it. This plugin shows where every org stands and changes it, without a second step: the
+/// controller acts on every change within seconds.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kubectl-s2z",
+    bin_name = "kubectl s2z",
+    version,
+    disable_help_subcommand = true,
+    after_long_help = EXIT_CODES,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Options shared by every subcommand.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the settings and, per org, its state, activity, workloads, pods and GPUs held
+    Status(status::Args),
+    /// Allow orgs to scale to zero again
+    Enable(toggle::Args),
+    /// Exempt orgs from scale to zero; the controller wakes their workloads at once
+    Disable(toggle::Args),
+    /// Record activity for orgs now, which wakes dormant ones
+    Wake(toggle::Args),
+    /// Make orgs dormant now, until their next activity
+    Sleep(toggle::Args),
+    /// Show or change the dormancy period and the warm-up rate limit
+    Settings(settings::Args),
+    /// Run dormancy detection now: flip every org that is due
+    Sweep(sweep::Args),
+    /// Show the client's and the cluster webhook's versions
+    Version(version::Args),
+    /// Print a shell completion script
+    Completion(completion::Args),
+    /// Empty a GPU node safely: replacements start elsewhere before a human drains it
+    Defrag(defrag::DefragArgs),
+}
+
+/// kubectl's connection flags and the output flags, accepted by every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Path to the kubeconfig file [default: $KUBECONFIG, else ~/.kube/config]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        help_heading = "Kubernetes options"
+    )]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// The kubeconfig context to use [default: the current context]
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME",
+        help_heading = "Kubernetes options"
+    )]
+    pub context: Option<String>,
+    /// How long to wait for each API request; 0 waits forever (e.g. 30s, 2m)
+    #[arg(
+        long,
+        global = true,
+        value_name = "DURATION",
+        default_value = "0",
+        help_heading = "Kubernetes options"
+    )]
+    pub request_timeout: String,
+    /// Namespace where s2z is installed (settings ConfigMap, controller Lease)
+    #[arg(
+        short = 'n',
+        long,
+        global = true,
+        value_name = "NAMESPACE",
+        env = "S2Z_NAMESPACE",
+        hide_env_values = true,
+        default_value = "s2z-system",
+        help_heading = "Kubernetes options"
+    )]
+    pub namespace: String,
+    /// Output format: a table, a wider table, or the documented JSON/YAML schema
+    #[arg(
+        short = 'o',
+        long,
+        global = true,
+        value_enum,
+        default_value_t = Format::Table,
+        help_heading = "Output options"
+    )]
+    pub output: Format,
+    /// When to use colours; NO_COLOR in the environment means never unless --color=always
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "WHEN",
+        default_value_t = ColorChoice::Auto,
+        help_heading = "Output options"
+    )]
+    pub color: ColorChoice,
+}
+
+/// Output formats, as in `kubectl get -o`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    // A table for people.
+    Table,
+    // The table with more columns.
+    Wide,
+    // The documented JSON schema.
+    Json,
+    // The same document as YAML.
+    Yaml,
+}
+
+impl Format {
+    /// True for the machine-readable formats.
+    pub fn is_structured(self) -> bool {
+        matches!(self, Format::Json | Format::Yaml)
+    }
+}
+
+/// `--color`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    // Colour when writing to a terminal and NO_COLOR is unset.
+    Auto,
+    // Always colour.
+    Always,
+    // Never colour.
+    Never,
+}
+
+impl ColorChoice {
+    /// Whether to colour a stream, given whether it is a terminal and the NO_COLOR variable.
+    pub fn enabled(self, is_terminal: bool, no_color: Option<&str>) -> bool {
+        match self {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            // https://no-color.org: any non-empty value disables colour.
+            ColorChoice::Auto => is_terminal && no_color.is_none_or(str::is_empty),
+        }
+    }
+}
+
+/// The shared flags after checking: what the rest of the plugin uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// `--kubeconfig`.
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// `--context`.
+    pub context: Option<String>,
+    /// `--request-timeout`; `None` means no timeout.
+    pub request_timeout: Option<Duration>,
+    /// The install namespace.
+    pub namespace: String,
+    /// `-o`.
+    pub format: Format,
+    /// Colour on stdout.
+    pub color_stdout: bool,
+    /// Colour on stderr.
+    pub color_stderr: bool,
+}
+
+/// Whether stdout and stderr are terminals, and NO_COLOR; passed in so resolution is testable.
+#[derive(Debug, Clone, Default)]
+pub struct Terminal {
+    /// stdout is a terminal.
+    pub stdout: bool,
+    /// stderr is a terminal.
+    pub stderr: bool,
+    /// The NO_COLOR variable.
+    pub no_color: Option<String>,
+}
+
+impl Terminal {
+    /// The real process's terminal.
+    pub fn detect() -> Self {
+        use std::io::IsTerminal;
+        Terminal {
+            stdout: std::io::stdout().is_terminal(),
+            stderr: std::io::stderr().is_terminal(),
+            no_color: std::env::var("NO_COLOR").ok(),
+        }
+    }
+}
+
+impl GlobalArgs {
+    /// Checks the raw flags.
+    pub fn resolve(&self, terminal: &Terminal) -> Result<Options> {
+        let request_timeout = parse_timeout("--request-timeout", &self.request_timeout)?;
+        let namespace = self.namespace.trim().to_string();
+        if namespace.is_empty() {
+            return Err(Error::usage(
+                "read --namespace",
+                "it is empty",
+                Some("name the namespace s2z is installed in, e.g. -n s2z-system".into()),
+            ));
+        }
+        let no_color = terminal.no_color.as_deref();
+        Ok(Options {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone().filter(|c| !c.is_empty()),
+            request_timeout,
+            namespace,
+            format: self.output,
+            color_stdout: self.color.enabled(terminal.stdout, no_color),
+            color_stderr: self.color.enabled(terminal.stderr, no_color),
+        })
+    }
+}
+
+/// Parses a duration flag: whole seconds or humantime (`30s`, `2m`, `1h 30m`).
+pub fn parse_duration_flag(flag: &str, value: &str) -> Result<Duration> {
+    // The core's message already says how to write a duration.
+    s2z_core::settings::parse_duration(value)
+        .map_err(|e| Error::usage(format!("read {flag}"), e.to_string(), None))
+}
+
+/// Like [`parse_duration_flag`], where zero means "no limit".
+pub fn parse_timeout(flag: &str, value: &str) -> Result<Option<Duration>> {
+    let duration = parse_duration_flag(flag, value)?;
+    Ok((!duration.is_zero()).then_some(duration))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> std::result::Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("kubectl-s2z").chain(args.iter().copied()))
+    }
+
+    fn options(args: &[&str], terminal: &Terminal) -> Options {
+        match parse(args).map(|cli| cli.global.resolve(terminal)) {
+            Ok(Ok(options)) => options,
+            Ok(Err(e)) => panic!("{e}"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn the_parser_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_follow_kubectl() {
+        let o = options(&["status"], &Terminal::default());
+        assert_eq!(o.kubeconfig, None);
+        assert_eq!(o.context, None);
+        assert_eq!(o.request_timeout, None, "0 means no timeout, as in kubectl");
+        assert_eq!(o.format, Format::Table);
+        assert!(!o.color_stdout);
+    }
+
+    #[test]
+    fn global_flags_go_before_or_after_the_subcommand() {
+        let terminal = Terminal::default();
+        let before = options(
+            &[
+                "--kubeconfig",
+                "/tmp/kc",
+                "--context",
+                "prod",
+                "--request-timeout",
+                "5s",
+                "-n",
+                "ops",
+                "-o",
+                "json",
+                "status",
+            ],
+            &terminal,
+        );
+        let after = options(
+            &[
+                "status",
+                "--kubeconfig=/tmp/kc",
+                "--context=prod",
+                "--request-timeout=5",
+                "--namespace=ops",
+                "--output=json",
+            ],
+            &terminal,
+        );
+        assert_eq!(before, after);
+        assert_eq!(before.request_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(before.namespace, "ops");
+        assert_eq!(before.context.as_deref(), Some("prod"));
+    }
+
+    #[test]
+    fn bad_request_timeout_is_a_usage_error() {
+        let cli = parse(&["status", "--request-timeout", "soon"]);
+        let err = cli.map(|c| c.global.resolve(&Terminal::default()));
+        match err {
+            Ok(Err(e)) => {
+                assert_eq!(e.exit_code(), crate::error::exit::USAGE);
+                assert!(
+                    e.to_string()
+                        .starts_with("failed to read --request-timeout: "),
+                    "{e}"
+                );
+            }
+            other => panic!("expected a usage error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn color_honours_no_color_unless_forced() {
+        let tty = |no_color: Option<&str>| Terminal {
+            stdout: true,
+            stderr: false,
+            no_color: no_color.map(String::from),
+        };
+        assert!(options(&["status"], &tty(None)).color_stdout);
+        assert!(
+            !options(&["status"], &tty(None)).color_stderr,
+            "stderr is not a tty"
+        );
+        assert!(!options(&["status"], &tty(Some("1"))).color_stdout);
+        assert!(
+            options(&["status"], &tty(Some(""))).color_stdout,
+            "empty NO_COLOR is unset"
+        );
+        assert!(options(&["status", "--color=always"], &tty(Some("1"))).color_stdout);
+        assert!(!options(&["status", "--color", "never"], &tty(None)).color_stdout);
+        let pipe = Terminal::default();
+        assert!(!options(&["status"], &pipe).color_stdout);
+        assert!(options(&["status", "--color=always"], &pipe).color_stdout);
+    }
+
+    #[test]
+    fn unknown_output_format_is_refused_by_the_parser() {
+        let err = parse(&["status", "-o", "xml"]).err().map(|e| e.exit_code());
+        assert_eq!(err, Some(2));
+    }
+
+    #[test]
+    fn toggles_need_an_org() {
+        for cmd in ["enable", "disable", "wake", "sleep"] {
+            assert!(parse(&[cmd]).is_err(), "{cmd} without an org");
+            assert!(parse(&[cmd, "acme"]).is_ok(), "{cmd} acme");
+        }
+    }
+}

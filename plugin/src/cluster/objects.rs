@@ -1,0 +1,111 @@
+//! The small structs namespaces, revisions and pods are read into: only the fields the plugin
+//! uses, so that listing thousands of objects stays cheap to decode and to hold.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The extended resource counted as GPUs held.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+
+/// The metadata fields the plugin reads from namespaces, revisions and pods.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct Meta {
+    /// Name.
+    #[serde(default)]
+    pub name: String,
+    /// Namespace.
+    #[serde(default)]
+    pub namespace: String,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A namespace or a revision: metadata only.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct Object {
+    /// Its metadata.
+    pub metadata: Meta,
+}
+
+/// A pod, reduced to where it runs and what GPUs it holds.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct Pod {
+    /// Its metadata.
+    pub metadata: Meta,
+    /// Its containers' resources.
+    #[serde(default)]
+    pub spec: PodSpec,
+}
+
+/// The part of a pod spec that holds resources.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpec {
+    /// Containers.
+    #[serde(default)]
+    pub containers: Vec<Container>,
+    /// Init containers.
+    #[serde(default)]
+    pub init_containers: Vec<Container>,
+}
+
+/// A container's resources.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct Container {
+    /// Requests and limits.
+    #[serde(default)]
+    pub resources: Resources,
+}
+
+/// Requests and limits, as quantity strings.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct Resources {
+    /// Limits.
+    #[serde(default)]
+    pub limits: BTreeMap<String, serde_json::Value>,
+    /// Requests.
+    #[serde(default)]
+    pub requests: BTreeMap<String, serde_json::Value>,
+}
+
+fn quantity(value: Option<&serde_json::Value>) -> u64 {
+    match value {
+        Some(serde_json::Value::Number(n)) => n.as_u64().unwrap_or(0),
+        Some(serde_json::Value::String(s)) => s.trim().parse::<u64>().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+impl Container {
+    /// GPUs of this container: the limit, else the request (they must match for extended
+    /// resources).
+    pub fn gpus(&self) -> u64 {
+        let limit = quantity(self.resources.limits.get(GPU_RESOURCE));
+        if limit > 0 {
+            limit
+        } else {
+            quantity(self.resources.requests.get(GPU_RESOURCE))
+        }
+    }
+}
+
+impl Pod {
+    /// GPUs the pod holds, the way the scheduler counts them: the larger of the containers'
+    /// sum and the largest init container.
+    pub fn gpus(&self) -> u64 {
+        let running: u64 = self.spec.containers.iter().map(Container::gpus).sum();
+        let init = self
+            .spec
+            .init_containers
+            .iter()
+            .map(Container::gpus)
+            .max()
+            .unwrap_or(0);
+        running.max(init)
+    }
+}

@@ -1,0 +1,411 @@
+//! The status report: its stable JSON/YAML schema, how it is computed from an [`Inventory`]
+//! (a pure function, so it is tested without a cluster), and its table form.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
+use s2z_core::annotations::is_scaled_to_zero;
+use s2z_core::dormancy::{StateInput, due_at, format_time, org_state};
+use s2z_core::org::{Org, OrgState};
+use s2z_core::settings::Settings;
+use s2z_core::workload::{WorkloadKind, kind_of};
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::{Inventory, SettingsView};
+use crate::output::{API_VERSION, Cell, Style, age_between, exact_duration, paint, plural, table};
+
+/// `kubectl s2z status -o json|yaml`.
+///
+/// The schema is stable within `apiVersion: s2z.dev/v1alpha1`: fields may be added, none are
+/// removed or change meaning. Times are RFC 3339 in UTC, or `null` when unknown; durations are
+/// whole seconds.
+///
+/// ```yaml
+/// apiVersion: s2z.dev/v1alpha1
+/// kind: StatusReport
+/// generatedAt: 2025-01-31T12:00:00Z     # when the plugin read the cluster
+/// settings:
+///   source: configmap/s2z-settings in s2z-system   # or "defaults (no configmap/...)"
+///   dormancyPeriodSecs: 86400
+///   warmupRatelimit: 2/hour
+///   ratelimitEnabled: true
+///   sweepIntervalSecs: 3600
+///   warnings: []                          # e.g. rate-limit period longer than dormancy period
+/// orgs:
+/// - name: acme
+///   allowed: true                         # spec.scaleToZeroAllowed
+///   state: Active                         # Active | Dormant | Exempt, by s2z's rule, now
+///   reportedState: Active                 # status.state as the controller last wrote it, or null
+///   lastActivityAt: 2025-01-31T11:00:00Z  # or null: never active
+///   dormancyPeriodSecs: 86400             # the org's override, else the setting
+///   dormantAt: 2025-02-01T11:00:00Z       # Active orgs: when they go dormant without activity
+///   dormantSince: null                    # Dormant orgs: since when
+///   sleepRequestedAt: null                # set by `kubectl s2z sleep`
+///   namespaces: [acme-prod]
+///   pynodes: {total: 3, warm: 2}          # revisions; warm = kept at min-scale >= 1
+///   models: {total: 1, warm: 1}
+///   runningPods: 4                        # running pods of the org's revisions
+///   gpus: 2                               # nvidia.com/gpu held by those pods
+/// totals: {orgs: 1, active: 1, dormant: 0, exempt: 0, runningPods: 4, gpus: 2}
+/// warnings: []                            # what could not be read, e.g. Knative missing
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusReport {
+    /// Always [`API_VERSION`].
+    pub api_version: String,
+    /// Always `StatusReport`.
+    pub kind: String,
+    /// When the cluster was read.
+    pub generated_at: String,
+    /// The global settings.
+    pub settings: SettingsSummary,
+    /// One entry per org, by name.
+    pub orgs: Vec<OrgReport>,
+    /// Sums over `orgs`.
+    pub totals: Totals,
+    /// What could not be read.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// The global settings in a report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SettingsSummary {
+    /// Where they come from.
+    pub source: String,
+    /// `orgDormancyPeriodSecs`.
+    pub dormancy_period_secs: u64,
+    /// `orgWarmupRatelimitStr`, canonical form.
+    pub warmup_ratelimit: String,
+    /// `ratelimitEnabled`.
+    pub ratelimit_enabled: bool,
+    /// `sweepIntervalSecs`.
+    pub sweep_interval_secs: u64,
+    /// Settings that are unsafe or unreadable.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+impl SettingsSummary {
+    /// Summarises a settings view.
+    pub fn of(view: &SettingsView) -> Self {
+        let s: &Settings = &view.settings;
+        let mut warnings = s.warnings();
+        warnings.extend(view.problems.iter().cloned());
+        SettingsSummary {
+            source: view.source(),
+            dormancy_period_secs: s.dormancy_period.as_secs(),
+            warmup_ratelimit: s.warmup_ratelimit.to_string(),
+            ratelimit_enabled: s.ratelimit_enabled,
+            sweep_interval_secs: s.sweep_interval.as_secs(),
+            warnings,
+        }
+    }
+}
+
+/// Revisions of one kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workloads {
+    /// Revisions.
+    pub total: u32,
+    /// Of those, revisions kept warm (effective min-scale >= 1).
+    pub warm: u32,
+}
+
+/// One org in a report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrgReport {
+    /// Name.
+    pub name: String,
+    /// `spec.scaleToZeroAllowed`.
+    pub allowed: bool,
+    /// State by s2z's rule at `generatedAt`.
+    pub state: OrgState,
+    /// `status.state` as last written by the controller.
+    pub reported_state: Option<OrgState>,
+    /// Newest recorded activity.
+    pub last_activity_at: Option<String>,
+    /// Dormancy period in force for this org.
+    pub dormancy_period_secs: u64,
+    /// For Active orgs: when they go dormant without further activity.
+    pub dormant_at: Option<String>,
+    /// For Dormant orgs: since when.
+    pub dormant_since: Option<String>,
+    /// `kubectl s2z sleep` request, if any.
+    pub sleep_requested_at: Option<String>,
+    /// The org's namespaces.
+    pub namespaces: Vec<String>,
+    /// Pynode revisions.
+    pub pynodes: Workloads,
+    /// Model revisions.
+    pub models: Workloads,
+    /// Running pods of the org's revisions.
+    pub running_pods: u32,
+    /// GPUs held by those pods.
+    pub gpus: u64,
+}
+
+/// Sums over a report's orgs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Totals {
+    /// Orgs.
+    pub orgs: u32,
+    /// Active orgs.
+    pub active: u32,
+    /// Dormant orgs.
+    pub dormant: u32,
+    /// Exempt orgs.
+    pub exempt: u32,
+    /// Running pods.
+    pub running_pods: u32,
+    /// GPUs held.
+    pub gpus: u64,
+}
+
+/// Which orgs to show, by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateFilter {
+    /// Only these states; `None` shows all.
+    pub only: Option<OrgState>,
+}
+
+fn since_dormant(org: &Org, input: &StateInput) -> Option<DateTime<Utc>> {
+    let reported = org.status.as_ref();
+    if reported.and_then(|s| s.state) == Some(OrgState::Dormant)
+        && let Some(since) = reported
+            .and_then(|s| s.state_since.as_deref())
+            .and_then(|t| s2z_core::dormancy::parse_time(t).ok())
+    {
+        return Some(since);
+    }
+    let by_sleep = input
+        .sleep_requested
+        .filter(|sleep| input.last_activity.is_none_or(|a| *sleep > a));
+    let by_idle = input
+        .last_activity
+        .or(input.created)
+        .and_then(|t| t.checked_add_signed(TimeDelta::from_std(input.period).ok()?))
+        .filter(|t| *t <= input.now);
+    match (by_sleep, by_idle) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Computes the report. Pure: `now` is passed in.
+pub fn build(
+    inventory: &Inventory,
+    settings: &SettingsView,
+    now: DateTime<Utc>,
+    filter: StateFilter,
+) -> StatusReport {
+    #[derive(Default)]
+    struct Tally {
+        pynodes: Workloads,
+        models: Workloads,
+        pods: u32,
+        gpus: u64,
+    }
+    let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
+    for revision in &inventory.revisions {
+        let Some(org) = inventory.namespaces.get(&revision.metadata.namespace) else {
+            continue;
+        };
+        let tally = tallies.entry(org).or_default();
+        let counts = match kind_of(&revision.metadata.labels) {
+            WorkloadKind::Pynode => &mut tally.pynodes,
+            WorkloadKind::Model => &mut tally.models,
+        };
+        counts.total += 1;
+        if !is_scaled_to_zero(&revision.metadata.annotations) {
+            counts.warm += 1;
+        }
+    }
+    for pod in &inventory.pods {
+        let Some(org) = inventory.namespaces.get(&pod.metadata.namespace) else {
+            continue;
+        };
+        let tally = tallies.entry(org).or_default();
+        tally.pods += 1;
+        tally.gpus += pod.gpus();
+    }
+
+    let mut orgs = Vec::new();
+    let mut totals = Totals::default();
+    for org in &inventory.orgs {
+        let name = org.metadata.name.clone().unwrap_or_default();
+        let input = StateInput::for_org(org, &settings.settings, now);
+        let state = org_state(&input);
+        if filter.only.is_some_and(|only| only != state) {
+            continue;
+        }
+        let tally = tallies.remove(name.as_str()).unwrap_or_default();
+        let status = org.status.as_ref();
+        let report = OrgReport {
+            allowed: org.spec.scale_to_zero_allowed,
+            state,
+            reported_state: status.and_then(|s| s.state),
+            last_activity_at: input.last_activity.map(format_time),
+            dormancy_period_secs: input.period.as_secs(),
+            dormant_at: due_at(&input).map(format_time),
+            dormant_since: (state == OrgState::Dormant)
+                .then(|| since_dormant(org, &input))
+                .flatten()
+                .map(format_time),
+            sleep_requested_at: input.sleep_requested.map(format_time),
+            namespaces: inventory.namespaces_of(&name),
+            pynodes: tally.pynodes,
+            models: tally.models,
+            running_pods: tally.pods,
+            gpus: tally.gpus,
+            name,
+        };
+        totals.orgs += 1;
+        match state {
+            OrgState::Active => totals.active += 1,
+            OrgState::Dormant => totals.dormant += 1,
+            OrgState::Exempt => totals.exempt += 1,
+        }
+        totals.running_pods += report.running_pods;
+        totals.gpus += report.gpus;
+        orgs.push(report);
+    }
+    StatusReport {
+        api_version: API_VERSION.into(),
+        kind: "StatusReport".into(),
+        generated_at: format_time(now.trunc_subsecs(0)),
+        settings: SettingsSummary::of(settings),
+        orgs,
+        totals,
+        warnings: inventory.notes.clone(),
+    }
+}
+
+fn state_style(state: OrgState) -> Style {
+    match state {
+        OrgState::Active => Style::Good,
+        OrgState::Dormant => Style::Calm,
+        OrgState::Exempt => Style::Warn,
+    }
+}
+
+fn parse(t: &Option<String>) -> Option<DateTime<Utc>> {
+    t.as_deref()
+        .and_then(|t| s2z_core::dormancy::parse_time(t).ok())
+}
+
+/// The settings header printed above the table.
+pub fn header(settings: &SettingsSummary, color: bool) -> String {
+    let rate = if settings.ratelimit_enabled {
+        settings.warmup_ratelimit.clone()
+    } else {
+        format!("{} (disabled)", settings.warmup_ratelimit)
+    };
+    let mut text = format!(
+        "{} {}   {} {}   {} {}\n",
+        paint("Dormancy period:", Style::Bold, color),
+        exact_duration(Duration::from_secs(settings.dormancy_period_secs)),
+        paint("Warm-up rate limit:", Style::Bold, color),
+        rate,
+        paint("Settings:", Style::Bold, color),
+        settings.source,
+    );
+    for warning in &settings.warnings {
+        text.push_str(&format!(
+            "{} {warning}\n",
+            paint("Warning:", Style::Warn, color)
+        ));
+    }
+    text
+}
+
+/// The table: one row per org; `wide` adds namespaces, period, reported state and timestamps.
+pub fn render_table(report: &StatusReport, wide: bool, color: bool) -> String {
+    let now = parse(&Some(report.generated_at.clone())).unwrap_or_else(Utc::now);
+    let mut headers = vec![
+        "org",
+        "allowed",
+        "state",
+        "last activity",
+        "dormant",
+        "pynodes",
+        "models",
+        "pods",
+        "gpus",
+    ];
+    if wide {
+        headers.extend(["period", "reported", "namespaces"]);
+    }
+    let mut pending = false;
+    let rows = report
+        .orgs
+        .iter()
+        .map(|org| {
+            let lagging = org.reported_state != Some(org.state);
+            pending |= lagging;
+            let state = format!("{}{}", org.state, if lagging { "*" } else { "" });
+            let activity = match parse(&org.last_activity_at) {
+                Some(t) => format!("{} ago", age_between(t, now)),
+                None => "never".into(),
+            };
+            let dormant = match (org.state, parse(&org.dormant_at), parse(&org.dormant_since)) {
+                (OrgState::Active, Some(at), _) => format!("in {}", age_between(now, at)),
+                (OrgState::Dormant, _, Some(since)) => format!("since {}", age_between(since, now)),
+                _ => "-".into(),
+            };
+            let mut row = vec![
+                Cell::plain(&org.name),
+                Cell::plain(if org.allowed { "yes" } else { "no" }),
+                Cell::styled(state, state_style(org.state)),
+                Cell::plain(activity),
+                Cell::plain(dormant),
+                Cell::plain(format!("{}/{}", org.pynodes.warm, org.pynodes.total)),
+                Cell::plain(format!("{}/{}", org.models.warm, org.models.total)),
+                Cell::plain(org.running_pods.to_string()),
+                Cell::plain(org.gpus.to_string()),
+            ];
+            if wide {
+                row.push(Cell::plain(exact_duration(Duration::from_secs(
+                    org.dormancy_period_secs,
+                ))));
+                row.push(Cell::plain(
+                    org.reported_state
+                        .map_or("<none>".to_string(), |s| s.to_string()),
+                ));
+                row.push(Cell::plain(if org.namespaces.is_empty() {
+                    "<none>".to_string()
+                } else {
+                    org.namespaces.join(",")
+                }));
+            }
+            row
+        })
+        .collect();
+    let mut text = table(&headers, rows, color);
+    let t = &report.totals;
+    text.push_str(&format!(
+        "\n{}: {} active, {} dormant, {} exempt; {}, {} held\n",
+        plural(t.orgs as usize, "org", "orgs"),
+        t.active,
+        t.dormant,
+        t.exempt,
+        plural(t.running_pods as usize, "running pod", "running pods"),
+        plural(t.gpus as usize, "GPU", "GPUs"),
+    ));
+    if pending {
+        text.push_str(&paint(
+            "* not yet reported by the controller, which applies it within seconds (`kubectl s2z sweep` forces it)\n",
+            Style::Dim,
+            color,
+        ));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests;
