@@ -45,6 +45,7 @@ test: build check-generated
 	status=0; cargo test --workspace --no-fail-fast || status=$$?; \
 	  $(CLUSTER) down --state-dir $(STATE_DIR) >/dev/null; \
 	  $(CLUSTER) down --state-dir $(KNATIVE_STATE_DIR) >/dev/null; exit $$status
+	$(MAKE) --no-print-directory demo-check
 
 ## unit: the pure unit tests only, no cluster needed
 unit:
@@ -63,6 +64,17 @@ DEMO_STATE_DIR ?= $(CURDIR)/.state/demo
 ## demo: build, start a local control plane, install s2z and show it working; leaves it running
 demo:
 	DEMO_STATE_DIR=$(DEMO_STATE_DIR) scripts/demo.sh
+
+## demo-check: the demo, non-interactive, with its output checked (part of `make test`)
+demo-check: build
+	@mkdir -p .state
+	status=0; DEMO_CHECK=1 NO_COLOR=1 DEMO_STATE_DIR=$(CURDIR)/.state/demo-ci DEMO_TLS_PORT=18543 DEMO_METRICS_PORT=18180 \
+	  scripts/demo.sh > .state/demo-ci.log 2>&1 || status=$$?; \
+	  $(MAKE) --no-print-directory demo-down DEMO_STATE_DIR=$(CURDIR)/.state/demo-ci >/dev/null 2>&1 || true; \
+	  if [ $$status -ne 0 ]; then tail -n 40 .state/demo-ci.log; exit $$status; fi
+	@for want in 'sleepy   Dormant' 'born with min-scale 0, initial-scale 0' 'HTTP 202' 'Dry run: nothing was changed.' 'make demo-down'; do \
+	  grep -qF "$$want" .state/demo-ci.log || { echo "demo-check: missing '$$want' in .state/demo-ci.log"; exit 1; }; done
+	@echo "demo-check: ok (.state/demo-ci.log)"
 
 ## demo-down: stop the demo's webhook and control plane
 demo-down:
