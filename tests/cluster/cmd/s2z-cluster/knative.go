@@ -13,7 +13,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -165,12 +164,9 @@ data:
 // the Service knative-serving/webhook, and its own reconciler insists on a Service reference. The
 // apiserver runs with --enable-aggregator-routing, so it dials the Service's EndpointSlice
 // address, and checks the certificate Knative made for webhook.knative-serving.svc. An
-// EndpointSlice refuses loopback addresses, hence a non-loopback address of this host.
+// EndpointSlice refuses loopback addresses, hence the webhook's address in its own network
+// namespace (netns.go), reached over a veth pair.
 func knativeWebhookRoute(ip net.IP, port int) string {
-	family := "IPv4"
-	if ip.To4() == nil {
-		family = "IPv6"
-	}
 	return fmt.Sprintf(`---
 apiVersion: v1
 kind: Service
@@ -185,7 +181,7 @@ spec:
   ports:
     - name: https-webhook
       port: 443
-      targetPort: %[3]d
+      targetPort: %[2]d
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
@@ -195,51 +191,16 @@ metadata:
   labels:
     kubernetes.io/service-name: webhook
     endpointslice.kubernetes.io/managed-by: s2z.dev
-addressType: %[1]s
+addressType: IPv4
 endpoints:
-  - addresses: ["%[2]s"]
+  - addresses: ["%[1]s"]
     conditions:
       ready: true
 ports:
   - name: https-webhook
-    port: %[3]d
+    port: %[2]d
     protocol: TCP
-`, family, ip.String(), port)
-}
-
-// hostIP is a non-loopback address of this host, where the apiserver can reach the webhook.
-func hostIP() (net.IP, error) {
-	ifaces, err := net.Interfaces()
-	if err != nil {
-		return nil, err
-	}
-	var v6 net.IP
-	for _, iface := range ifaces {
-		if iface.Flags&net.FlagUp == 0 || iface.Flags&net.FlagLoopback != 0 {
-			continue
-		}
-		addrs, err := iface.Addrs()
-		if err != nil {
-			continue
-		}
-		for _, a := range addrs {
-			n, ok := a.(*net.IPNet)
-			if !ok || !n.IP.IsGlobalUnicast() {
-				continue
-			}
-			if n.IP.To4() != nil {
-				return n.IP, nil
-			}
-			if v6 == nil {
-				v6 = n.IP
-			}
-		}
-	}
-	if v6 != nil {
-		return v6, nil
-	}
-	return nil, errors.New("this host has no non-loopback address: Knative's webhook is registered by Service, " +
-		"and the apiserver can only reach it through an EndpointSlice address, which may not be a loopback address")
+`, ip.String(), port)
 }
 
 // installKnative applies upstream's namespace, CRDs, ConfigMaps and webhook Secret, under their
@@ -260,7 +221,7 @@ func installKnative(o upOptions, kubectl func(stdin []byte, args ...string) erro
 func startKnative(ctx context.Context, o upOptions, admin string, ports map[string]int,
 	kubectl func(stdin []byte, args ...string) error) error {
 	apiPort := ports["apiserver"]
-	ip, err := hostIP()
+	netns, err := createWebhookNetns(o.stateDir)
 	if err != nil {
 		return err
 	}
@@ -269,7 +230,7 @@ func startKnative(ctx context.Context, o upOptions, admin string, ports map[stri
 			return err
 		}
 	}
-	route := knativeWebhookRoute(ip, ports["knative-webhook"])
+	route := knativeWebhookRoute(netns.innerIP(), ports["knative-webhook"])
 	if err := kubectl([]byte(route), "apply", "--server-side", "--force-conflicts", "-f", "-"); err != nil {
 		return err
 	}
@@ -292,15 +253,17 @@ func startKnative(ctx context.Context, o upOptions, admin string, ports map[stri
 			"CONFIG_OBSERVABILITY_NAME=config-observability",
 		), extra...)
 	}
-	// The webhook runs in the host's network namespace, where the apiserver reaches it; every port
-	// it opens is set here.
+	// The webhook runs in the plane's network namespace (netns.go), where the apiserver reaches it
+	// at the namespace's veth address, and where it reaches the apiserver at the same loopback
+	// address as on the host, through the relay.
+	apiAddr := fmt.Sprintf("--forward=127.0.0.1:%d", apiPort)
 	if err := spawnBinary(o.stateDir, "knative-webhook", run,
 		env("webhook-s2z",
 			"WEBHOOK_NAME=webhook",
 			fmt.Sprintf("WEBHOOK_PORT=%d", ports["knative-webhook"]),
 			fmt.Sprintf("PROFILING_PORT=%d", ports["knative-webhook-profiling"]),
 		),
-		"--", bin("webhook"), "--kubeconfig="+admin); err != nil {
+		"--netns", "--join="+netns.path(), apiAddr, "--", bin("webhook"), "--kubeconfig="+admin); err != nil {
 		return err
 	}
 	// Ready when the webhook has reconciled its registrations (CA bundle and rules) and the
@@ -329,7 +292,6 @@ spec:
 
 	// The controller and the autoscaler each bind :8080, so each gets its own network namespace,
 	// with only the apiserver reachable (at the same loopback address as on the host).
-	apiAddr := fmt.Sprintf("--forward=127.0.0.1:%d", apiPort)
 	if err := spawnBinary(o.stateDir, "knative-controller", run, env("controller-s2z"),
 		"--netns", apiAddr, "--", bin("controller"), "--kubeconfig="+admin); err != nil {
 		return err

@@ -1,7 +1,7 @@
 // Command s2z-knative-run starts one Knative Serving binary for `s2z-cluster up --knative`, and
 // stays its parent so the launcher can record, watch and stop it.
 //
-//	s2z-knative-run [--netns --forward=127.0.0.1:PORT] -- BINARY ARGS...
+//	s2z-knative-run [--netns [--join=/run/netns/NAME] --forward=127.0.0.1:PORT] -- BINARY ARGS...
 //
 // Knative's binaries are written to run one per pod, so several of them bind fixed ports on all
 // addresses: the controller serves health probes on :8080 (knative.dev/pkg/injection
@@ -12,6 +12,8 @@
 // apiserver): a second copy of this program, inside the namespace, listens on that address and
 // relays each connection over a Unix socket to this one, which dials the same address on the host.
 // Without root, the namespace is made inside a new user namespace (where the kernel allows it).
+// With --join, the binary runs in an existing named network namespace instead of a new one (the
+// launcher makes one for the webhook, joined to the host by a veth pair; this needs root).
 // The Knative binary itself runs unmodified.
 //
 // This program is our own plumbing; it is not part of Knative.
@@ -49,16 +51,17 @@ func run() int {
 	fs := flag.NewFlagSet("s2z-knative-run", flag.ContinueOnError)
 	netns := fs.Bool("netns", false, "run the binary in its own network namespace")
 	forward := fs.String("forward", "", "with --netns: a host address (the apiserver's) made reachable at the same address inside the namespace")
+	join := fs.String("join", "", "with --netns: join this existing network namespace (a path such as /run/netns/NAME) instead of making a new one")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
 	}
 	argv := fs.Args()
 	if len(argv) == 0 {
-		fmt.Fprintln(os.Stderr, "usage: s2z-knative-run [--netns --forward=127.0.0.1:PORT] -- BINARY ARGS...")
+		fmt.Fprintln(os.Stderr, "usage: s2z-knative-run [--netns [--join=/run/netns/NAME] --forward=127.0.0.1:PORT] -- BINARY ARGS...")
 		return 2
 	}
-	if *forward != "" && !*netns {
-		fmt.Fprintln(os.Stderr, "s2z-knative-run: --forward needs --netns")
+	if (*forward != "" || *join != "") && !*netns {
+		fmt.Fprintln(os.Stderr, "s2z-knative-run: --forward and --join need --netns")
 		return 2
 	}
 	if !*netns {
@@ -91,12 +94,34 @@ func run() int {
 		childArgs = append(childArgs, "--listen="+*forward, "--relay="+sock)
 	}
 	childArgs = append(childArgs, "--")
+	if *join != "" {
+		return supervise(append(childArgs, argv...), joinNetns(*join))
+	}
 	return supervise(append(childArgs, argv...), newNetns)
+}
+
+// joinNetns moves the thread that starts the child (locked to its goroutine by supervise, and
+// discarded with it) into the network namespace at path; the child inherits it.
+func joinNetns(path string) func(*exec.Cmd, bool) error {
+	return func(cmd *exec.Cmd, withUser bool) error {
+		if withUser {
+			return fmt.Errorf("joining %s needs root", path)
+		}
+		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("open %s: %w", path, err)
+		}
+		defer unix.Close(fd)
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			return fmt.Errorf("join %s: %w", path, err)
+		}
+		return nil
+	}
 }
 
 // newNetns is the namespace request for the child: a new network namespace, plus a new user
 // namespace when this process may not create a network namespace by itself (not root).
-func newNetns(cmd *exec.Cmd, withUser bool) {
+func newNetns(cmd *exec.Cmd, withUser bool) error {
 	cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWNET
 	if withUser {
 		cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWUSER
@@ -104,10 +129,11 @@ func newNetns(cmd *exec.Cmd, withUser bool) {
 		cmd.SysProcAttr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}}
 		cmd.SysProcAttr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}}
 	}
+	return nil
 }
 
 // supervise runs argv as a child, passes SIGTERM and SIGINT on to it, and exits as it did.
-func supervise(argv []string, namespaces func(*exec.Cmd, bool)) int {
+func supervise(argv []string, namespaces func(*exec.Cmd, bool) error) int {
 	// Signals are caught before the child starts, so none is lost.
 	sig := make(chan os.Signal, 4)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
@@ -124,7 +150,9 @@ func supervise(argv []string, namespaces func(*exec.Cmd, bool)) int {
 			cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 			if namespaces != nil {
-				namespaces(cmd, withUser)
+				if err := namespaces(cmd, withUser); err != nil {
+					return err
+				}
 			}
 			return cmd.Start()
 		}

@@ -1,0 +1,161 @@
+package main
+
+// The network namespace Knative's webhook runs in (`up --knative`).
+//
+// The apiserver reaches the webhook through an EndpointSlice, which refuses loopback addresses,
+// and servers here may only be reached on loopback or on addresses inside network namespaces we
+// made ourselves. So `up` makes a named network namespace per plane, joined to the host by a
+// veth pair on a private /30: 10.213.N.1 on the host side, 10.213.N.2 inside, where the webhook
+// listens. Inside, the apiserver is reachable at its host loopback address through the Unix
+// socket relay of s2z-knative-run. The namespace's name is recorded in <state>/knative-netns,
+// and `down` (and `up`, before starting) removes it.
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// webhookNetns is one plane's namespace for Knative's webhook.
+type webhookNetns struct {
+	index int
+}
+
+const netnsPrefix = "s2z-kn-"
+
+var netnsName = regexp.MustCompile(`^` + netnsPrefix + `([0-9]{1,3})$`)
+
+func (n webhookNetns) name() string { return netnsPrefix + strconv.Itoa(n.index) }
+
+// hostLink is the host's end of the veth pair; the other end, inside, is called eth0.
+func (n webhookNetns) hostLink() string { return "s2zkn" + strconv.Itoa(n.index) }
+func (n webhookNetns) hostIP() net.IP   { return net.IPv4(10, 213, byte(n.index), 1).To4() }
+func (n webhookNetns) innerIP() net.IP  { return net.IPv4(10, 213, byte(n.index), 2).To4() }
+
+// path is what setns(2) opens to join the namespace.
+func (n webhookNetns) path() string { return filepath.Join("/run/netns", n.name()) }
+
+func netnsRecord(stateDir string) string { return filepath.Join(stateDir, "knative-netns") }
+
+// ipTool is iproute2's ip.
+func ipTool() (string, error) {
+	for _, p := range []string{"/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"} {
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath("ip"); err == nil {
+		return p, nil
+	}
+	return "", errors.New("`ip` (iproute2) not found: up --knative needs it to make the webhook's network namespace")
+}
+
+func runIP(args ...string) error {
+	ip, err := ipTool()
+	if err != nil {
+		return err
+	}
+	out, err := exec.Command(ip, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// indexFree reports whether nothing on the host uses index n: no namespace, no link and no
+// address in 10.213.n.0/24.
+func indexFree(n int) bool {
+	w := webhookNetns{index: n}
+	if _, err := os.Stat(w.path()); err == nil {
+		return false
+	}
+	if _, err := net.InterfaceByName(w.hostLink()); err == nil {
+		return false
+	}
+	_, block, _ := net.ParseCIDR(fmt.Sprintf("10.213.%d.0/24", n))
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && (block.Contains(ipn.IP) || ipn.Contains(block.IP)) {
+			return false
+		}
+	}
+	return true
+}
+
+// createWebhookNetns makes the namespace with a free index (`ip netns add` fails if another
+// plane took the name meanwhile, and the next index is tried), records it under stateDir, and
+// wires the veth pair.
+func createWebhookNetns(stateDir string) (webhookNetns, error) {
+	if os.Geteuid() != 0 {
+		return webhookNetns{}, errors.New("up --knative must run as root: Knative's webhook gets a network namespace joined to the host by a veth pair")
+	}
+	if _, err := ipTool(); err != nil {
+		return webhookNetns{}, err
+	}
+	for n := 0; n < 256; n++ {
+		if !indexFree(n) {
+			continue
+		}
+		w := webhookNetns{index: n}
+		if err := runIP("netns", "add", w.name()); err != nil {
+			if _, statErr := os.Stat(w.path()); statErr == nil {
+				continue // taken by another plane meanwhile
+			}
+			return webhookNetns{}, err
+		}
+		if err := os.WriteFile(netnsRecord(stateDir), []byte(w.name()+"\n"), 0o644); err != nil {
+			w.remove()
+			return webhookNetns{}, err
+		}
+		return w, w.wire()
+	}
+	return webhookNetns{}, errors.New("no free 10.213.N.0/30 for Knative's webhook namespace (256 in use)")
+}
+
+func (w webhookNetns) wire() error {
+	host, inner := w.hostIP().String(), w.innerIP().String()
+	for _, args := range [][]string{
+		{"link", "add", w.hostLink(), "type", "veth", "peer", "name", "eth0", "netns", w.name()},
+		{"addr", "add", host + "/30", "dev", w.hostLink()},
+		{"link", "set", w.hostLink(), "up"},
+		{"-n", w.name(), "addr", "add", inner + "/30", "dev", "eth0"},
+		{"-n", w.name(), "link", "set", "eth0", "up"},
+		{"-n", w.name(), "link", "set", "lo", "up"},
+	} {
+		if err := runIP(args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// remove deletes the namespace and the veth pair; either may already be gone.
+func (w webhookNetns) remove() {
+	if _, err := net.InterfaceByName(w.hostLink()); err == nil {
+		_ = runIP("link", "del", w.hostLink())
+	}
+	if _, err := os.Stat(w.path()); err == nil {
+		_ = runIP("netns", "del", w.name())
+	}
+}
+
+// removeWebhookNetns removes the namespace recorded under stateDir, if any.
+func removeWebhookNetns(stateDir string) {
+	b, err := os.ReadFile(netnsRecord(stateDir))
+	if err != nil {
+		return
+	}
+	m := netnsName.FindStringSubmatch(strings.TrimSpace(string(b)))
+	if m != nil {
+		if n, err := strconv.Atoi(m[1]); err == nil && n < 256 {
+			webhookNetns{index: n}.remove()
+		}
+	}
+	_ = os.Remove(netnsRecord(stateDir))
+}
