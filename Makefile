@@ -11,7 +11,7 @@ KNATIVE_SRC := $(shell find tests/knative/cmd -name '*.go') tests/knative/go.mod
 export S2Z_STATE_DIR := $(STATE_DIR)
 export S2Z_KNATIVE_STATE_DIR := $(KNATIVE_STATE_DIR)
 
-.PHONY: all build cluster cluster-up cluster-down knative-up knative-down test unit integration lint demo demo-down bench generate check-generated
+.PHONY: all build cluster cluster-up cluster-down knative-up knative-down test unit integration lint demo demo-down bench bench-webhook webhook-local generate check-generated
 
 all: build
 
@@ -80,3 +80,17 @@ demo-check: build
 demo-down:
 	@if [ -f $(DEMO_STATE_DIR)/webhook.pid ]; then kill $$(cat $(DEMO_STATE_DIR)/webhook.pid) 2>/dev/null || true; rm -f $(DEMO_STATE_DIR)/webhook.pid; fi
 	@if [ -x $(CLUSTER) ]; then $(CLUSTER) down --state-dir $(DEMO_STATE_DIR); fi
+
+## bench: every benchmark
+bench: bench-webhook
+
+## bench-webhook: /mutate over TLS vs the no-op baseline, open and closed loop, memory with 10,000
+## orgs cached (release build; no cluster needed). Pass options with BENCH_ARGS="--duration 10".
+bench-webhook:
+	cargo bench -p s2z-webhook --bench mutate -- $(BENCH_ARGS)
+
+## webhook-local: install s2z for a webhook running on this host into the current KUBECONFIG's
+## cluster (manifests/overlays/local), e.g. the local control plane
+webhook-local:
+	cargo build -p s2z-webhook
+	manifests/overlays/local/install.sh

@@ -29,11 +29,22 @@ impl TestEnv {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let slug: String = test
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
             .take(30)
             .collect();
         let id = format!("{}-{}-{n}", slug.trim_matches('-'), std::process::id());
-        Ok(Self { plane, client, id, namespaces: Vec::new() })
+        Ok(Self {
+            plane,
+            client,
+            id,
+            namespaces: Vec::new(),
+        })
     }
 
     /// A unique name derived from this test's id.
@@ -44,10 +55,16 @@ impl TestEnv {
     /// Creates a namespace `<id>-<suffix>` with the given labels.
     pub async fn namespace(&mut self, suffix: &str, labels: &[(&str, &str)]) -> Result<String> {
         let name = self.name(suffix);
-        let labels: BTreeMap<String, String> =
-            labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let labels: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let ns = Namespace {
-            metadata: ObjectMeta { name: Some(name.clone()), labels: Some(labels), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some(labels),
+                ..Default::default()
+            },
             ..Default::default()
         };
         Api::<Namespace>::all(self.client.clone())

@@ -7,6 +7,7 @@
 pub mod env;
 pub mod plane;
 pub mod tls;
+pub mod webhook;
 
 pub use env::TestEnv;
 pub use plane::{Plane, cluster, kubectl};

@@ -13,7 +13,10 @@ impl TestCert {
     pub fn localhost() -> Result<Self> {
         let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
             .context("failed to generate a test certificate")?;
-        Ok(Self { cert_pem: ck.cert.pem(), key_pem: ck.signing_key.serialize_pem() })
+        Ok(Self {
+            cert_pem: ck.cert.pem(),
+            key_pem: ck.signing_key.serialize_pem(),
+        })
     }
 
     /// The `caBundle` for a webhook configuration: the self-signed cert is its own CA.

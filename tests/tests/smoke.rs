@@ -11,9 +11,9 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use serde_json::json;
 use s2z_tests::env::eventually;
 use s2z_tests::{TestEnv, kubectl, plane::kubectl_as, tls::TestCert};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -35,7 +35,10 @@ async fn private_nodes(env: &TestEnv, count: usize) -> Result<Vec<String>> {
                 "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110", "nvidia.com/gpu": "8"},
             },
         }))?;
-        nodes.create(&PostParams::default(), &node).await.with_context(|| format!("create node {name}"))?;
+        nodes
+            .create(&PostParams::default(), &node)
+            .await
+            .with_context(|| format!("create node {name}"))?;
         names.push(name);
     }
     for name in &names {
@@ -83,7 +86,9 @@ fn deployment(env: &TestEnv, name: &str, replicas: i32) -> Result<Deployment> {
 fn pod_ready(p: &Pod) -> bool {
     p.status.as_ref().is_some_and(|s| {
         s.phase.as_deref() == Some("Running")
-            && s.conditions.as_ref().is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            && s.conditions
+                .as_ref()
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
     })
 }
 
@@ -95,7 +100,9 @@ async fn deployment_pods_run_on_fake_nodes_and_cordon_keeps_new_pods_off() -> Re
     let pods = Api::<Pod>::namespaced(env.client.clone(), &ns);
     let deploys = Api::<Deployment>::namespaced(env.client.clone(), &ns);
 
-    deploys.create(&PostParams::default(), &deployment(&env, "web", 2)?).await?;
+    deploys
+        .create(&PostParams::default(), &deployment(&env, "web", 2)?)
+        .await?;
     let running = eventually("2 pods Running and Ready", WAIT, || async {
         let list = pods.list(&ListParams::default().labels("app=web")).await?;
         let ready: Vec<Pod> = list.items.into_iter().filter(pod_ready).collect();
@@ -103,15 +110,30 @@ async fn deployment_pods_run_on_fake_nodes_and_cordon_keeps_new_pods_off() -> Re
     })
     .await?;
     for p in &running {
-        let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
-        assert!(nodes.contains(&node), "pod scheduled onto {node}, not a private fake node");
+        let node = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        assert!(
+            nodes.contains(&node),
+            "pod scheduled onto {node}, not a private fake node"
+        );
     }
 
     // Cordon the first node; every pod created afterwards must land on the second.
     let out = kubectl(&env.plane, &[], &["cordon", &nodes[0]])?;
-    assert!(out.status.success(), "kubectl cordon failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kubectl cordon failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     deploys
-        .patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 6}})))
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 6}})),
+        )
         .await?;
     let all = eventually("6 pods Ready", WAIT, || async {
         let list = pods.list(&ListParams::default().labels("app=web")).await?;
@@ -119,9 +141,19 @@ async fn deployment_pods_run_on_fake_nodes_and_cordon_keeps_new_pods_off() -> Re
         Ok((ready.len() == 6).then_some(ready))
     })
     .await?;
-    let old: Vec<_> = running.iter().filter_map(|p| p.metadata.uid.clone()).collect();
-    for p in all.iter().filter(|p| !old.contains(p.metadata.uid.as_ref().unwrap_or(&String::new()))) {
-        let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+    let old: Vec<_> = running
+        .iter()
+        .filter_map(|p| p.metadata.uid.clone())
+        .collect();
+    for p in all
+        .iter()
+        .filter(|p| !old.contains(p.metadata.uid.as_ref().unwrap_or(&String::new())))
+    {
+        let node = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
         assert_eq!(node, nodes[1], "a new pod landed on the cordoned node");
     }
 
@@ -136,7 +168,9 @@ async fn removing_pod_template_hash_makes_the_replicaset_replace_the_pod() -> Re
     let nodes = private_nodes(&env, 1).await?;
     let pods = Api::<Pod>::namespaced(env.client.clone(), &ns);
     let deploys = Api::<Deployment>::namespaced(env.client.clone(), &ns);
-    deploys.create(&PostParams::default(), &deployment(&env, "m", 1)?).await?;
+    deploys
+        .create(&PostParams::default(), &deployment(&env, "m", 1)?)
+        .await?;
     let first = eventually("1 pod Ready", WAIT, || async {
         let list = pods.list(&ListParams::default().labels("app=m")).await?;
         Ok(list.items.into_iter().find(pod_ready))
@@ -149,24 +183,41 @@ async fn removing_pod_template_hash_makes_the_replicaset_replace_the_pod() -> Re
         &name,
         &PatchParams::default(),
         &Patch::<()>::Json(json_patch::Patch(vec![json_patch::PatchOperation::Remove(
-            json_patch::RemoveOperation { path: jsonptr::PointerBuf::parse("/metadata/labels/pod-template-hash")? },
+            json_patch::RemoveOperation {
+                path: jsonptr::PointerBuf::parse("/metadata/labels/pod-template-hash")?,
+            },
         )])),
     )
     .await?;
 
     let replacement = eventually("a replacement pod Ready", WAIT, || async {
         let list = pods.list(&ListParams::default().labels("app=m")).await?;
-        Ok(list.items.into_iter().find(|p| p.metadata.name.as_deref() != Some(&name) && pod_ready(p)))
+        Ok(list
+            .items
+            .into_iter()
+            .find(|p| p.metadata.name.as_deref() != Some(&name) && pod_ready(p)))
     })
     .await?;
-    assert!(replacement.metadata.labels.unwrap_or_default().contains_key("pod-template-hash"));
+    assert!(
+        replacement
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .contains_key("pod-template-hash")
+    );
     let orphan = eventually("the ReplicaSet to release the pod", WAIT, || async {
         let p = pods.get(&name).await?;
-        Ok(p.metadata.owner_references.as_ref().is_none_or(|o| o.is_empty()).then_some(p))
+        Ok(p.metadata
+            .owner_references
+            .as_ref()
+            .is_none_or(|o| o.is_empty())
+            .then_some(p))
     })
     .await?;
     assert!(pod_ready(&orphan), "the orphan must keep running");
-    let rs = Api::<ReplicaSet>::namespaced(env.client.clone(), &ns).list(&ListParams::default()).await?;
+    let rs = Api::<ReplicaSet>::namespaced(env.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await?;
     assert_eq!(rs.items.len(), 1);
     assert_eq!(rs.items[0].status.as_ref().map(|s| s.replicas), Some(1));
 
@@ -183,31 +234,42 @@ async fn serve_webhook(cert: &TestCert) -> Result<(u16, Arc<std::sync::atomic::A
     let counter = calls.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
             let acceptor = acceptor.clone();
             let counter = counter.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
-                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let counter = counter.clone();
-                    async move {
-                        let body = req.into_body().collect().await?.to_bytes();
-                        let review: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        let uid = review["request"]["uid"].clone();
-                        let patch = json!([{"op": "add", "path": "/metadata/labels", "value": {"s2z-smoke": "mutated"}}]);
-                        let resp = json!({
-                            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                            "response": {"uid": uid, "allowed": true, "patchType": "JSONPatch",
-                                "patch": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, patch.to_string())},
-                        });
-                        Ok::<_, hyper::Error>(hyper::Response::new(Full::new(Bytes::from(resp.to_string()))))
-                    }
-                });
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let counter = counter.clone();
+                        async move {
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let review: serde_json::Value =
+                                serde_json::from_slice(&body).unwrap_or_default();
+                            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let uid = review["request"]["uid"].clone();
+                            let patch = json!([{"op": "add", "path": "/metadata/labels", "value": {"s2z-smoke": "mutated"}}]);
+                            let resp = json!({
+                                "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                                "response": {"uid": uid, "allowed": true, "patchType": "JSONPatch",
+                                    "patch": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, patch.to_string())},
+                            });
+                            Ok::<_, hyper::Error>(hyper::Response::new(Full::new(Bytes::from(
+                                resp.to_string(),
+                            ))))
+                        }
+                    },
+                );
                 let io = hyper_util::rt::TokioIo::new(tls);
-                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(io, svc)
-                    .await;
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(io, svc)
+                .await;
             });
         }
     });
@@ -217,7 +279,9 @@ async fn serve_webhook(cert: &TestCert) -> Result<(u16, Arc<std::sync::atomic::A
 #[tokio::test]
 async fn api_server_calls_a_url_webhook_and_stores_its_patch() -> Result<()> {
     let mut env = TestEnv::new("smoke-webhook").await?;
-    let ns = env.namespace("ns", &[("s2z-smoke", &env.id.clone())]).await?;
+    let ns = env
+        .namespace("ns", &[("s2z-smoke", &env.id.clone())])
+        .await?;
     let cert = TestCert::localhost()?;
     let (port, calls) = serve_webhook(&cert).await?;
     let name = env.name("wh");
@@ -244,15 +308,24 @@ async fn api_server_calls_a_url_webhook_and_stores_its_patch() -> Result<()> {
         i += 1;
         let cms = cms.clone();
         async move {
-            let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": format!("cm{i}")}}))?;
+            let cm: ConfigMap =
+                serde_json::from_value(json!({"metadata": {"name": format!("cm{i}")}}))?;
             cms.create(&PostParams::default(), &cm).await?;
             let got = cms.get(&format!("cm{i}")).await?;
-            Ok(got.metadata.labels.unwrap_or_default().get("s2z-smoke").cloned())
+            Ok(got
+                .metadata
+                .labels
+                .unwrap_or_default()
+                .get("s2z-smoke")
+                .cloned())
         }
     })
     .await?;
     assert_eq!(stored, "mutated");
-    assert!(calls.load(std::sync::atomic::Ordering::SeqCst) >= 1, "webhook server was never called");
+    assert!(
+        calls.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "webhook server was never called"
+    );
 
     mwcs.delete(&name, &DeleteParams::default()).await?;
     env.cleanup().await
@@ -263,16 +336,26 @@ async fn restricted_identity_is_refused_what_rbac_refuses() -> Result<()> {
     let env = TestEnv::new("smoke-rbac").await?;
     let restricted = s2z_tests::plane::client_for(&env.plane.restricted_kubeconfig).await?;
     // Reading is granted (view)...
-    Api::<Pod>::namespaced(restricted.clone(), "default").list(&ListParams::default()).await?;
+    Api::<Pod>::namespaced(restricted.clone(), "default")
+        .list(&ListParams::default())
+        .await?;
     // ...writing is not.
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": env.name("nope")}}))?;
-    let err = Api::<Namespace>::all(restricted).create(&PostParams::default(), &ns).await.unwrap_err();
+    let err = Api::<Namespace>::all(restricted)
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_err();
     match err {
         kube::Error::Api(s) => assert_eq!(s.code, 403, "expected Forbidden, got {s:?}"),
         other => panic!("expected a 403 from RBAC, got {other}"),
     }
     // And the real kubectl says so too.
-    let out = kubectl_as(&env.plane, &env.plane.restricted_kubeconfig, &[], &["auth", "can-i", "delete", "nodes"])?;
+    let out = kubectl_as(
+        &env.plane,
+        &env.plane.restricted_kubeconfig,
+        &[],
+        &["auth", "can-i", "delete", "nodes"],
+    )?;
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no");
     Ok(())
 }
@@ -286,8 +369,15 @@ async fn kubectl_runs_a_plugin_found_on_path() -> Result<()> {
     std::fs::write(&path, "#!/bin/sh\necho \"plugin says: $*\"\n")?;
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let out = kubectl(&env.plane, &[dir.path()], &[&plugin, "hello", "world"])?;
-    assert!(out.status.success(), "kubectl {plugin} failed: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "plugin says: hello world");
+    assert!(
+        out.status.success(),
+        "kubectl {plugin} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "plugin says: hello world"
+    );
     let list = kubectl(&env.plane, &[dir.path()], &["plugin", "list"])?;
     assert!(String::from_utf8_lossy(&list.stdout).contains(&format!("kubectl-{plugin}")));
     Ok(())
@@ -297,7 +387,10 @@ async fn kubectl_runs_a_plugin_found_on_path() -> Result<()> {
 async fn api_server_reports_the_pinned_version() -> Result<()> {
     let env = TestEnv::new("smoke-version").await?;
     let info = env.client.apiserver_version().await?;
-    assert_eq!(format!("v{}.{}", info.major, info.minor.trim_end_matches('+')), env.plane.version.rsplitn(2, '.').nth(1).unwrap_or_default());
+    assert_eq!(
+        format!("v{}.{}", info.major, info.minor.trim_end_matches('+')),
+        env.plane.version.rsplitn(2, '.').nth(1).unwrap_or_default()
+    );
     assert_eq!(info.git_version, env.plane.version);
     Ok(())
 }

@@ -21,7 +21,7 @@ use s2z_core::org::Org;
 use s2z_core::settings::{
     KNATIVE_AUTOSCALER_CONFIGMAP as KNATIVE_CONFIGMAP, KnativeConfig, SETTINGS_CONFIGMAP, Settings,
 };
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::view::{ClusterConfig, ClusterView};
@@ -53,6 +53,9 @@ pub struct Caches {
     settings_map: Store<ConfigMap>,
     knative_map: Store<ConfigMap>,
     config: RwLock<Arc<ClusterConfig>>,
+    /// Every new configuration, for the controller (re-evaluate all orgs) and the settings
+    /// monitor (Event and metric on invalid settings).
+    config_changes: watch::Sender<Arc<ClusterConfig>>,
     synced: Synced,
     synced_changed: Notify,
 }
@@ -64,6 +67,7 @@ pub struct CacheWriters {
     namespaces: Writer<PartialObjectMeta<Namespace>>,
     settings_map: Writer<ConfigMap>,
     knative_map: Writer<ConfigMap>,
+    org_selector: Option<String>,
 }
 
 impl Caches {
@@ -80,6 +84,7 @@ impl Caches {
             settings_map: settings_map.as_reader(),
             knative_map: knative_map.as_reader(),
             config: RwLock::new(Arc::new(ClusterConfig::default())),
+            config_changes: watch::Sender::new(Arc::new(ClusterConfig::default())),
             synced: Synced::default(),
             synced_changed: Notify::new(),
         };
@@ -88,8 +93,48 @@ impl Caches {
             namespaces,
             settings_map,
             knative_map,
+            org_selector: None,
         };
         (Arc::new(caches), writers)
+    }
+
+    /// Caches filled once from the given objects and marked synced, with no watch behind them:
+    /// the real stores without an API server, for benchmarks (`benches/mutate.rs`) and tests.
+    /// ConfigMaps are placed by name: `s2z-settings` and `config-autoscaler`.
+    pub fn preloaded(
+        scope: CacheScope,
+        orgs: impl IntoIterator<Item = Org>,
+        namespaces: impl IntoIterator<Item = PartialObjectMeta<Namespace>>,
+        configmaps: impl IntoIterator<Item = ConfigMap>,
+    ) -> Arc<Self> {
+        let (caches, mut writers) = Self::new(scope);
+        for org in orgs {
+            writers.orgs.apply_watcher_event(&Event::Apply(org));
+        }
+        for namespace in namespaces {
+            writers
+                .namespaces
+                .apply_watcher_event(&Event::Apply(namespace));
+        }
+        for cm in configmaps {
+            let writer = match cm.metadata.name.as_deref() {
+                Some(SETTINGS_CONFIGMAP) => &mut writers.settings_map,
+                Some(KNATIVE_CONFIGMAP) => &mut writers.knative_map,
+                _ => continue,
+            };
+            writer.apply_watcher_event(&Event::Apply(cm));
+        }
+        caches.refresh_config();
+        let s = &caches.synced;
+        for (flag, name) in [
+            (&s.orgs, "orgs"),
+            (&s.namespaces, "namespaces"),
+            (&s.settings, SETTINGS_CONFIGMAP),
+            (&s.knative, KNATIVE_CONFIGMAP),
+        ] {
+            caches.mark_synced(flag, name);
+        }
+        caches
     }
 
     /// True once every watch has listed its objects at least once.
@@ -126,6 +171,20 @@ impl Caches {
     /// The Org store (all Orgs).
     pub fn orgs(&self) -> Store<Org> {
         self.orgs.clone()
+    }
+
+    /// Follows the cluster configuration: the receiver sees every refresh (an unchanged
+    /// configuration included; compare before acting).
+    pub fn subscribe_config(&self) -> watch::Receiver<Arc<ClusterConfig>> {
+        self.config_changes.subscribe()
+    }
+
+    /// The `s2z-settings` ConfigMap as last seen, e.g. to attach an Event to it.
+    pub fn settings_configmap(&self) -> Option<Arc<ConfigMap>> {
+        self.settings_map
+            .state()
+            .into_iter()
+            .find(|cm| cm.metadata.name.as_deref() == Some(SETTINGS_CONFIGMAP))
     }
 
     /// The namespace store: metadata of the namespaces labelled `s2z.dev/org`.
@@ -180,6 +239,7 @@ impl Caches {
             knative: KnativeConfig::from_data(&knative_data),
         });
         tracing::debug!(config = ?**config, "cluster configuration refreshed");
+        self.config_changes.send_replace(config.clone());
     }
 
     fn mark_synced(&self, flag: &AtomicBool, name: &str) {
@@ -213,13 +273,25 @@ fn label(labels: Option<&BTreeMap<String, String>>) -> Option<&str> {
 }
 
 impl CacheWriters {
+    /// Restricts the Org cache to Orgs matching a label selector (`--org-selector`): other Orgs
+    /// are invisible to admission, the activity endpoint and the controller.
+    #[must_use]
+    pub fn with_org_selector(mut self, selector: Option<String>) -> Self {
+        self.org_selector = selector;
+        self
+    }
+
     /// Watches the four kinds until `cancel`, feeding the caches. Watch errors are logged and
     /// retried with backoff; a cache stays unsynced until its first complete list.
     pub async fn run(self, caches: Arc<Caches>, client: Client, cancel: CancellationToken) {
         let scope = caches.scope.clone();
         let by_name =
             |name: &str| watcher::Config::default().fields(&format!("metadata.name={name}"));
-        let orgs = watcher::watcher(Api::<Org>::all(client.clone()), watcher::Config::default());
+        let org_config = match &self.org_selector {
+            Some(selector) => watcher::Config::default().labels(selector),
+            None => watcher::Config::default(),
+        };
+        let orgs = watcher::watcher(Api::<Org>::all(client.clone()), org_config);
         let namespaces = watcher::watcher(
             Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
             watcher::Config::default().labels(ORG_LABEL),
@@ -370,6 +442,25 @@ mod tests {
         assert!(caches.org("acme").is_some());
         assert!(caches.org("nope").is_none());
         assert_eq!(caches.org_namespaces("acme"), ["team-a", "team-b"]);
+    }
+
+    #[test]
+    fn preloaded_caches_are_ready_and_read_their_configmaps() {
+        let caches = Caches::preloaded(
+            scope(),
+            [org("acme")],
+            [namespace("team-a", "acme")],
+            [
+                configmap(SETTINGS_CONFIGMAP, &[("orgDormancyPeriodSecs", "600")]),
+                configmap(KNATIVE_CONFIGMAP, &[("allow-zero-initial-scale", "true")]),
+                configmap("unrelated", &[("orgDormancyPeriodSecs", "1")]),
+            ],
+        );
+        assert!(caches.is_ready());
+        assert_eq!(caches.namespace_org("team-a").as_deref(), Some("acme"));
+        assert!(caches.org("acme").is_some());
+        assert_eq!(caches.config().settings.dormancy_period.as_secs(), 600);
+        assert!(caches.config().knative.allow_zero_initial_scale);
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! s2z-webhook: the in-cluster part of s2z. Every replica serves the Revision mutating webhook
-//! from watch-fed caches. Later additions: the leader-elected dormancy controller
-//! (`controller/`) and the activity endpoint (`activity.rs`), both built on [`state::AppState`]
-//! and merged into [`server::tls_router`].
+//! from watch-fed caches and the activity endpoint (`activity/`); the replica holding the
+//! `s2z-controller` Lease also runs the dormancy controller (`controller/`). [`run`] wires them.
 
+pub mod activity;
 pub mod admission;
 pub mod cache;
 pub mod config;
+pub mod controller;
 pub mod logging;
 pub mod metrics;
 pub mod server;
@@ -16,12 +17,19 @@ pub mod view;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use kube::runtime::events::{Recorder, Reporter};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::activity::Activity;
+use crate::activity::auth::Authenticator;
+use crate::activity::metrics::ActivityMetrics;
 use crate::cache::{CacheScope, Caches};
 use crate::config::Config;
+use crate::controller::leader::{self, LeaseConfig};
+use crate::controller::metrics::ControllerMetrics;
 use crate::metrics::AdmissionMetrics;
 use crate::state::AppState;
 use crate::tls::{CertReloader, TlsError};
@@ -69,12 +77,87 @@ pub async fn run(config: Config) -> Result<(), Error> {
         namespace: config.namespace.clone(),
         knative_namespace: config.knative_namespace.clone(),
     });
+    let writers = writers.with_org_selector(config.org_selector.clone());
     let watches = tokio::spawn(writers.run(caches.clone(), client.clone(), background.clone()));
     let reloads = tokio::spawn(certs.clone().watch(background.clone()));
 
     let mut registry = Registry::with_prefix("s2z_webhook");
     let admission_metrics = AdmissionMetrics::register(&mut registry);
-    let state = AppState::new(client, caches, admission_metrics, registry);
+    let controller_metrics = ControllerMetrics::register(&mut registry);
+    let activity_metrics = ActivityMetrics::register(&mut registry);
+
+    // Pending activity outlives the servers: it is flushed after the last request is answered.
+    let writing = CancellationToken::new();
+    let (queue, writer) = activity::queue::spawn(
+        client.clone(),
+        caches.clone(),
+        activity_metrics.clone(),
+        writing.clone(),
+        config.activity_flush_timeout,
+    );
+    let activity = Activity {
+        auth: Authenticator::new(
+            client.clone(),
+            config.auth_cache_ttl,
+            activity_metrics.clone(),
+        ),
+        queue: queue.clone(),
+        metrics: activity_metrics,
+    };
+
+    // The controller stops first at shutdown, so that the Lease is handed over at once.
+    let leading = CancellationToken::new();
+    let recorder = Arc::new(Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "s2z-controller".into(),
+            instance: Some(config.leader_id.clone()),
+        },
+    ));
+    let (leader_tx, leader_rx) = watch::channel(false);
+    let mut controller_tasks = vec![tokio::spawn(controller::settings::monitor(
+        caches.clone(),
+        controller_metrics.clone(),
+        recorder.clone(),
+        leader_rx.clone(),
+        leading.clone(),
+    ))];
+    if config.controller {
+        let lease = LeaseConfig {
+            namespace: config.namespace.clone(),
+            identity: config.leader_id.clone(),
+            lease_duration: config.lease_duration,
+            renew_deadline: config.renew_deadline,
+            retry_period: config.retry_period,
+        };
+        controller_tasks.push(tokio::spawn(leader::run(
+            client.clone(),
+            lease,
+            leader_tx,
+            leading.clone(),
+        )));
+        let parts = controller::Parts {
+            client: client.clone(),
+            caches: caches.clone(),
+            recorder,
+            metrics: controller_metrics,
+            options: controller::Options {
+                knative_namespace: config.knative_namespace.clone(),
+                knative_version: config.knative_version,
+                org_selector: config.org_selector.clone(),
+                wake_on_traffic: config.wake_on_traffic,
+            },
+            activity: Some(queue),
+        };
+        controller_tasks.push(tokio::spawn(controller::run(
+            parts,
+            leader_rx,
+            leading.clone(),
+        )));
+    }
+
+    let state =
+        AppState::with_activity(client, caches, admission_metrics, registry, Some(activity));
 
     let serving = CancellationToken::new();
     let tls_server = tokio::spawn(server::serve_tls(
@@ -95,10 +178,15 @@ pub async fn run(config: Config) -> Result<(), Error> {
         tls = %config.tls_addr,
         metrics = %config.metrics_addr,
         namespace = %config.namespace,
+        identity = %config.leader_id,
+        controller = config.controller,
+        org_selector = config.org_selector.as_deref().unwrap_or(""),
         "s2z-webhook serving"
     );
 
     server::shutdown_signal().await;
+    leading.cancel();
+    futures::future::join_all(controller_tasks).await;
     state.start_draining();
     if !config.shutdown_delay.is_zero() {
         tracing::info!(delay = ?config.shutdown_delay, "not ready; waiting before closing listeners");
@@ -106,6 +194,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
     }
     serving.cancel();
     let _ = tokio::join!(tls_server, plain_server);
+    writing.cancel();
+    let _ = writer.await;
     background.cancel();
     let _ = tokio::join!(watches, reloads);
     tracing::info!("s2z-webhook stopped");

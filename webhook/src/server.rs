@@ -1,5 +1,5 @@
-//! The two HTTP servers: the TLS port (`/mutate`, `/noop`, `/version`, and later the activity
-//! endpoint) with its own accept loop so the certificate can rotate, and the plain port
+//! The two HTTP servers: the TLS port (`/mutate`, `/noop`, `/version`, and the activity
+//! endpoint `/v1/orgs/{org}/activity`) with its own accept loop so the certificate can rotate, and the plain port
 //! (`/healthz`, `/readyz`, `/metrics`). Both stop accepting on shutdown and drain in-flight
 //! requests.
 
@@ -35,6 +35,7 @@ pub fn tls_router(state: SharedState) -> Router {
     Router::new()
         .merge(admission_routes())
         .merge(info_routes())
+        .merge(crate::activity::routes())
         .with_state(state)
 }
 

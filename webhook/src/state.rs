@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus_client::registry::Registry;
 
+use crate::activity::Activity;
 use crate::cache::Caches;
 use crate::metrics::AdmissionMetrics;
 
@@ -19,6 +20,8 @@ pub struct AppState {
     pub admission_metrics: AdmissionMetrics,
     /// Every metric of the binary, rendered on `/metrics`.
     pub registry: Registry,
+    /// The activity endpoint; `None` answers 503 (unit tests of other routes).
+    pub activity: Option<Activity>,
     draining: AtomicBool,
 }
 
@@ -42,11 +45,23 @@ impl AppState {
         admission_metrics: AdmissionMetrics,
         registry: Registry,
     ) -> SharedState {
+        Self::with_activity(client, caches, admission_metrics, registry, None)
+    }
+
+    /// Bundles the shared parts, the activity endpoint included.
+    pub fn with_activity(
+        client: kube::Client,
+        caches: Arc<Caches>,
+        admission_metrics: AdmissionMetrics,
+        registry: Registry,
+        activity: Option<Activity>,
+    ) -> SharedState {
         Arc::new(Self {
             client,
             caches,
             admission_metrics,
             registry,
+            activity,
             draining: AtomicBool::new(false),
         })
     }

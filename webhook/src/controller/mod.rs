@@ -1,0 +1,341 @@
+//! The dormancy controller: on the replica holding the `s2z-controller` Lease, a level-based
+//! kube-runtime `Controller` over Orgs keeps every revision's autoscaling annotations equal to
+//! the core decision for its org's state, flips each org at the instant it is due, and reports
+//! in the Org's status and Events.
+//!
+//! Triggers: the Orgs themselves (activity, sleep and sweep requests arrive as Org changes), the
+//! org's revisions and namespaces (a revision that escaped the webhook is corrected at once),
+//! PodAutoscalers on Knative <= 1.20, and any change of settings or Knative configuration
+//! (re-evaluates every org). Each reconcile requeues itself for the org's due time, or the
+//! backstop sweep interval.
+
+pub mod index;
+pub mod leader;
+pub mod metrics;
+pub mod plan;
+pub mod reconcile;
+pub mod settings;
+pub mod status;
+pub mod target;
+pub mod traffic;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, StreamExt, stream};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, Resource};
+use s2z_core::labels::ORG_LABEL;
+use s2z_core::org::Org;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use self::index::{NamespaceIndex, ObjectIndex};
+use self::metrics::ControllerMetrics;
+use self::target::{KnativeVersion, Target};
+use crate::activity::queue::ActivityQueue;
+use crate::cache::Caches;
+
+/// Orgs reconciled at once.
+const CONCURRENCY: u16 = 16;
+
+/// What the controller needs from the binary's configuration.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Knative Serving's namespace (version detection).
+    pub knative_namespace: String,
+    /// `--knative-version`.
+    pub knative_version: Option<KnativeVersion>,
+    /// `--org-selector`.
+    pub org_selector: Option<String>,
+    /// `--wake-on-traffic`.
+    pub wake_on_traffic: bool,
+}
+
+/// Why a reconcile failed; it is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The status could not be written.
+    #[error("failed to write the status of org {org}: {source}")]
+    Status {
+        /// The org.
+        org: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// Some revisions (or PodAutoscalers) could not be patched.
+    #[error("failed to patch {failed} of {total} {kind}(s) of org {org}, first {first}: {source}")]
+    Patch {
+        /// The org.
+        org: String,
+        /// `revision` or `podautoscaler`.
+        kind: &'static str,
+        /// How many failed.
+        failed: usize,
+        /// How many were patched or tried.
+        total: usize,
+        /// The first failure's object.
+        first: String,
+        /// Its error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Everything a reconcile reads, for one leadership term.
+pub struct Context {
+    /// The client.
+    pub client: Client,
+    /// The binary's caches (settings, Knative configuration).
+    pub caches: Arc<Caches>,
+    /// Publishes Events.
+    pub recorder: Arc<Recorder>,
+    /// Metrics.
+    pub metrics: ControllerMetrics,
+    /// What carries the annotations on this cluster.
+    pub target: Target,
+    /// Namespace → org.
+    pub namespaces: NamespaceIndex,
+    /// Revision metadata by namespace.
+    pub revisions: ObjectIndex<PartialObjectMeta<DynamicObject>>,
+    /// PodAutoscalers by namespace (watched on Knative <= 1.20 or with wake-on-traffic).
+    pub autoscalers: ObjectIndex<DynamicObject>,
+    watch_autoscalers: bool,
+    /// `s2z.dev/reconcile-requested-at` values already answered, by org.
+    pub answered: Mutex<HashMap<String, String>>,
+    /// Consecutive failures by org, for the retry backoff.
+    pub failures: Mutex<HashMap<String, u32>>,
+    /// Wake-on-traffic, when enabled.
+    pub traffic: Option<traffic::Detector>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("target", &self.target)
+            .field("revisions", &self.revisions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// Waits until every index has its first complete list, so that no reconcile acts on a
+    /// partial view (which would write wrong counts, or miss revisions to patch).
+    pub async fn wait_ready(&self) {
+        self.caches.wait_until_ready().await;
+        self.namespaces.wait_ready().await;
+        self.revisions.wait_ready().await;
+        if self.watch_autoscalers {
+            self.autoscalers.wait_ready().await;
+        }
+    }
+}
+
+/// What the controller shares with the rest of the binary.
+#[derive(Clone)]
+pub struct Parts {
+    /// The client.
+    pub client: Client,
+    /// The binary's caches.
+    pub caches: Arc<Caches>,
+    /// Publishes Events.
+    pub recorder: Arc<Recorder>,
+    /// Metrics.
+    pub metrics: ControllerMetrics,
+    /// Configuration.
+    pub options: Options,
+    /// Where wake-on-traffic sends activity.
+    pub activity: Option<ActivityQueue>,
+}
+
+/// Runs the controller whenever `leader` says this replica leads, until `cancel`.
+pub async fn run(parts: Parts, mut leader: watch::Receiver<bool>, cancel: CancellationToken) {
+    let metrics = parts.metrics.clone();
+    loop {
+        // Wait to lead.
+        while !*leader.borrow_and_update() {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                changed = leader.changed() => if changed.is_err() { return },
+            }
+        }
+        metrics.set_leader(true);
+        let term = run_term(parts.clone());
+        tokio::pin!(term);
+        // Lead until the Lease is lost; dropping the term stops every watch and reconcile.
+        loop {
+            tokio::select! {
+                () = &mut term => break,
+                () = cancel.cancelled() => break,
+                changed = leader.changed() => {
+                    if changed.is_err() || !*leader.borrow_and_update() {
+                        break;
+                    }
+                }
+            }
+        }
+        metrics.set_leader(false);
+        tracing::info!("controller stopped");
+        if cancel.is_cancelled() {
+            return;
+        }
+    }
+}
+
+/// One leadership term: detect the target, start the watches and the Controller.
+async fn run_term(parts: Parts) {
+    let Parts {
+        client,
+        caches,
+        recorder,
+        metrics,
+        options,
+        activity,
+    } = parts;
+    caches.wait_until_ready().await;
+    let (target, version) =
+        target::detect(&client, &options.knative_namespace, options.knative_version).await;
+    let watch_autoscalers = target == Target::PodAutoscaler || options.wake_on_traffic;
+    tracing::info!(
+        target = target.as_str(),
+        knative = version
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "unknown".into()),
+        org_selector = options.org_selector.as_deref().unwrap_or(""),
+        wake_on_traffic = options.wake_on_traffic,
+        "controller leading"
+    );
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        caches: caches.clone(),
+        recorder,
+        metrics,
+        target,
+        namespaces: NamespaceIndex::default(),
+        revisions: ObjectIndex::default(),
+        autoscalers: ObjectIndex::default(),
+        watch_autoscalers,
+        answered: Mutex::new(HashMap::new()),
+        failures: Mutex::new(HashMap::new()),
+        traffic: activity
+            .filter(|_| options.wake_on_traffic)
+            .map(traffic::Detector::new),
+    });
+
+    let org_config = match &options.org_selector {
+        Some(selector) => watcher::Config::default().labels(selector),
+        None => watcher::Config::default(),
+    };
+    let mut controller = Controller::new(Api::<Org>::all(client.clone()), org_config)
+        .with_config(ControllerConfig::default().concurrency(CONCURRENCY))
+        .reconcile_on(namespace_triggers(&client, ctx.clone()))
+        .reconcile_on(revision_triggers(&client, ctx.clone()))
+        .reconcile_all_on(settings::changes(&caches));
+    if watch_autoscalers {
+        controller = controller.reconcile_on(autoscaler_triggers(&client, ctx.clone()));
+    }
+    controller
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "controller event");
+            }
+        })
+        .await;
+}
+
+fn org_label(ns: &PartialObjectMeta<Namespace>) -> Option<String> {
+    ns.metadata.labels.as_ref()?.get(ORG_LABEL).cloned()
+}
+
+/// Logs watch errors (the watcher retries with backoff) and passes events on.
+fn events<K: Send + 'static>(
+    name: &'static str,
+    stream: impl Stream<Item = watcher::Result<Event<K>>> + Send + 'static,
+) -> impl Stream<Item = Event<K>> + Send + 'static {
+    stream
+        .default_backoff()
+        .filter_map(move |event| async move {
+            match event {
+                Ok(event) => Some(event),
+                Err(error) => {
+                    tracing::warn!(watch = name, %error, "watch failed; retrying");
+                    None
+                }
+            }
+        })
+}
+
+/// The org refs an event about a namespaced child touches.
+fn touched<K: Resource>(ctx: &Context, event: &Event<K>) -> Vec<ObjectRef<Org>> {
+    match event {
+        Event::Apply(obj) | Event::Delete(obj) | Event::InitApply(obj) => obj
+            .meta()
+            .namespace
+            .as_deref()
+            .and_then(|ns| ctx.namespaces.org_of(ns))
+            .map(|org| vec![ObjectRef::new(&org)])
+            .unwrap_or_default(),
+        Event::Init | Event::InitDone => vec![],
+    }
+}
+
+fn namespace_triggers(
+    client: &Client,
+    ctx: Arc<Context>,
+) -> impl Stream<Item = ObjectRef<Org>> + Send + 'static {
+    let api = Api::<PartialObjectMeta<Namespace>>::all(client.clone());
+    let config = watcher::Config::default().labels(ORG_LABEL);
+    events("namespaces", watcher::watcher(api, config)).flat_map(move |event| {
+        let orgs = ctx.namespaces.apply(&event, org_label);
+        stream::iter(orgs.into_iter().map(|org| ObjectRef::new(&org)))
+    })
+}
+
+fn revision_triggers(
+    client: &Client,
+    ctx: Arc<Context>,
+) -> impl Stream<Item = ObjectRef<Org>> + Send + 'static {
+    let resource: ApiResource = target::revision_resource();
+    let api = Api::<PartialObjectMeta<DynamicObject>>::all_with(client.clone(), &resource);
+    events(
+        "revisions",
+        watcher::watcher(api, watcher::Config::default()),
+    )
+    .flat_map(move |event| {
+        ctx.revisions.apply(&event);
+        stream::iter(touched(&ctx, &event))
+    })
+}
+
+fn autoscaler_triggers(
+    client: &Client,
+    ctx: Arc<Context>,
+) -> impl Stream<Item = ObjectRef<Org>> + Send + 'static {
+    let resource: ApiResource = target::autoscaler_resource();
+    let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
+    events(
+        "podautoscalers",
+        watcher::watcher(api, watcher::Config::default()),
+    )
+    .flat_map(move |event| {
+        ctx.autoscalers.apply(&event);
+        if let Some(traffic) = &ctx.traffic {
+            traffic.observe(&ctx, &event);
+        }
+        // PodAutoscaler changes only matter to reconciles when they carry the annotations.
+        let refs = if ctx.target == Target::PodAutoscaler {
+            touched(&ctx, &event)
+        } else {
+            vec![]
+        };
+        stream::iter(refs)
+    })
+}
