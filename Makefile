@@ -11,7 +11,7 @@ KNATIVE_SRC := $(shell find tests/knative/cmd -name '*.go') tests/knative/go.mod
 export S2Z_STATE_DIR := $(STATE_DIR)
 export S2Z_KNATIVE_STATE_DIR := $(KNATIVE_STATE_DIR)
 
-.PHONY: all build cluster cluster-up cluster-down knative-up knative-down test unit integration lint demo demo-down bench bench-webhook webhook-local generate check-generated
+.PHONY: all build cluster cluster-up cluster-down knative-up knative-down test unit integration lint demo demo-down bench bench-webhook webhook-local check-manifests generate check-generated
 
 all: build
 
@@ -94,3 +94,14 @@ bench-webhook:
 webhook-local:
 	cargo build -p s2z-webhook
 	manifests/overlays/local/install.sh
+
+## check-manifests: every kustomize overlay renders (self-signed with a throwaway certificate)
+check-manifests: $(CLUSTER)
+	tests/cluster/bin/kubectl kustomize manifests/base >/dev/null
+	tests/cluster/bin/kubectl kustomize manifests/overlays/cert-manager >/dev/null
+	tests/cluster/bin/kubectl kustomize manifests/overlays/local >/dev/null
+	tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && cp -r manifests $$tmp/ && \
+	  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=check \
+	    -keyout $$tmp/manifests/overlays/self-signed/tls.key -out $$tmp/manifests/overlays/self-signed/tls.crt 2>/dev/null && \
+	  tests/cluster/bin/kubectl kustomize $$tmp/manifests/overlays/self-signed | grep -q caBundle
+	@echo "check-manifests: ok"
