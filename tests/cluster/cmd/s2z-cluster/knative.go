@@ -225,10 +225,8 @@ func startKnative(ctx context.Context, o upOptions, admin string, ports map[stri
 	if err != nil {
 		return err
 	}
-	for _, name := range []string{"knative-webhook", "knative-webhook-profiling"} {
-		if ports[name], err = freePort(); err != nil {
-			return err
-		}
+	if err := freePorts(ports, "knative-webhook", "knative-webhook-profiling"); err != nil {
+		return err
 	}
 	route := knativeWebhookRoute(netns.innerIP(), ports["knative-webhook"])
 	if err := kubectl([]byte(route), "apply", "--server-side", "--force-conflicts", "-f", "-"); err != nil {

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -158,10 +159,8 @@ func up(ctx context.Context, o upOptions) (*State, error) {
 		return nil, fmt.Errorf("generate credentials: %w", err)
 	}
 	ports := map[string]int{}
-	for _, name := range []string{"etcd-client", "etcd-peer", "apiserver", "kwok"} {
-		if ports[name], err = freePort(); err != nil {
-			return nil, fmt.Errorf("find a free port: %w", err)
-		}
+	if err := freePorts(ports, "etcd-client", "etcd-peer", "apiserver", "kwok"); err != nil {
+		return nil, fmt.Errorf("find free ports: %w", err)
 	}
 	server := fmt.Sprintf("https://127.0.0.1:%d", ports["apiserver"])
 	admin := filepath.Join(o.stateDir, "admin.kubeconfig")
@@ -356,13 +355,34 @@ func spawnBinary(stateDir, name, bin string, env []string, args ...string) error
 	return os.WriteFile(filepath.Join(pidDir(stateDir), name+".pid"), []byte(strconv.Itoa(pid)+"\n"), 0o644)
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+// freePorts picks a distinct free loopback port for each name. The ports come from below
+// Linux's ephemeral range (32768+), so an outgoing connection cannot take one between this
+// check and the component's own bind, and every listener stays open until all are chosen, so
+// two names never get the same port.
+func freePorts(ports map[string]int, names ...string) error {
+	var held []net.Listener
+	defer func() {
+		for _, l := range held {
+			_ = l.Close()
+		}
+	}()
+	for _, name := range names {
+		found := false
+		for try := 0; try < 200 && !found; try++ {
+			port := 20000 + mrand.IntN(12000)
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+			if err != nil {
+				continue
+			}
+			held = append(held, l)
+			ports[name] = port
+			found = true
+		}
+		if !found {
+			return fmt.Errorf("no free port for %s in 20000-31999", name)
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return nil
 }
 
 func clientTLS(caFile string) (*tls.Config, error) {
