@@ -172,8 +172,9 @@ async fn settings_change_re_evaluates_every_org_at_once() -> Result<()> {
     }
     let took = changed.elapsed();
     eprintln!("settings change to every org dormant and patched: {took:?}");
+    // "At once" against a sweep interval of an hour; the bound only absorbs a loaded machine.
     ensure!(
-        took <= Duration::from_secs(5),
+        took <= Duration::from_secs(10),
         "re-evaluation took {took:?}"
     );
 

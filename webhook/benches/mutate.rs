@@ -67,6 +67,10 @@ struct Args {
     /// shows what that saves in resident memory.
     #[arg(long)]
     strip_managed_fields: bool,
+    /// Only run `admission::review` in a loop for this many seconds, then exit: a target for
+    /// `perf record`.
+    #[arg(long, hide = true)]
+    profile_review: Option<u64>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -88,6 +92,17 @@ fn main() -> Result<()> {
     let caches = fill_caches(args.orgs, args.strip_managed_fields)?;
     let fill_time = started.elapsed();
     let rss_filled = vm_rss_kib()?;
+    if let Some(secs) = args.profile_review {
+        let requests = mutate_requests(args.orgs);
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut n = 0usize;
+        while Instant::now() < deadline {
+            review_cost(&caches, &requests)?;
+            n += 1;
+        }
+        println!("{n} rounds of {} reviews", requests.len());
+        return Ok(());
+    }
     let review_cost = review_cost(&caches, &mutate_requests(args.orgs))?;
 
     let dir = tempfile::tempdir().context("failed to create a temporary directory")?;
@@ -558,6 +573,46 @@ async fn send(sender: &mut SendRequest<Body>, req: &Req) -> Result<Bytes> {
     Ok(body)
 }
 
+/// CPU time and run-queue wait of the server's runtime threads (named `server`), from
+/// /proc/self/task/*/schedstat. CPU per request does not depend on what else runs on the
+/// machine; the wait shows how much the machine's other load delayed the server.
+#[derive(Clone, Copy, Default)]
+struct Sched {
+    cpu: Duration,
+    wait: Duration,
+}
+
+impl Sched {
+    fn server() -> Result<Self> {
+        let mut total = Self::default();
+        for task in std::fs::read_dir("/proc/self/task").context("failed to list threads")? {
+            let dir = task?.path();
+            let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+                continue; // the thread ended
+            };
+            if comm.trim() != "server" {
+                continue;
+            }
+            let Ok(stat) = std::fs::read_to_string(dir.join("schedstat")) else {
+                continue;
+            };
+            let mut fields = stat
+                .split_whitespace()
+                .map(|f| f.parse::<u64>().unwrap_or(0));
+            total.cpu += Duration::from_nanos(fields.next().unwrap_or(0));
+            total.wait += Duration::from_nanos(fields.next().unwrap_or(0));
+        }
+        Ok(total)
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self {
+            cpu: self.cpu.saturating_sub(before.cpu),
+            wait: self.wait.saturating_sub(before.wait),
+        }
+    }
+}
+
 /// Latencies of one run, in microseconds.
 #[derive(Default)]
 struct Samples {
@@ -592,6 +647,7 @@ struct Run {
     elapsed: Duration,
     latency: Percentiles,
     service: Percentiles,
+    server: Sched,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -624,7 +680,13 @@ impl Percentiles {
 }
 
 impl Run {
-    fn new(endpoint: &'static str, mode: String, samples: Samples, elapsed: Duration) -> Self {
+    fn new(
+        endpoint: &'static str,
+        mode: String,
+        samples: Samples,
+        elapsed: Duration,
+        server: Sched,
+    ) -> Self {
         Self {
             endpoint,
             mode,
@@ -633,7 +695,18 @@ impl Run {
             elapsed,
             latency: Percentiles::of(samples.latency),
             service: Percentiles::of(samples.service),
+            server,
         }
+    }
+
+    /// Server CPU per request, µs.
+    fn cpu_per_request(&self) -> f64 {
+        self.server.cpu.as_secs_f64() * 1e6 / self.completed.max(1) as f64
+    }
+
+    /// Server run-queue wait per request, µs.
+    fn wait_per_request(&self) -> f64 {
+        self.server.wait.as_secs_f64() * 1e6 / self.completed.max(1) as f64
     }
 
     fn throughput(&self) -> f64 {
@@ -653,6 +726,7 @@ async fn open_loop(
     connections: usize,
 ) -> Result<Run> {
     let senders = connector.connect_many(connections).await?;
+    let sched = Sched::server()?;
     let total = (u64::from(rate) * duration.as_secs()) as usize;
     let (tx, rx) = mpsc::unbounded_channel::<(usize, Instant)>();
     let rx = Arc::new(Mutex::new(rx));
@@ -706,11 +780,13 @@ async fn open_loop(
     if let Some(dir) = std::env::var_os("S2Z_BENCH_DUMP") {
         dump(&std::path::PathBuf::from(dir), endpoint, rate, &samples)?;
     }
+    let server = Sched::server()?.since(sched);
     Ok(Run::new(
         endpoint,
         format!("open {rate}/s"),
         samples,
         elapsed,
+        server,
     ))
 }
 
@@ -745,6 +821,7 @@ async fn closed_loop(
     connections: usize,
 ) -> Result<Run> {
     let senders = connector.connect_many(connections).await?;
+    let sched = Sched::server()?;
     let start = Instant::now();
     let deadline = start + duration;
     let mut workers = Vec::new();
@@ -773,11 +850,13 @@ async fn closed_loop(
         samples.merge(worker.await?);
     }
     let elapsed = start.elapsed();
+    let server = Sched::server()?.since(sched);
     Ok(Run::new(
         endpoint,
         format!("closed {connections} conn"),
         samples,
         elapsed,
+        server,
     ))
 }
 
@@ -898,14 +977,14 @@ fn print_report(args: &Args, report: &Report, memory: Memory, review_cost: Durat
     );
     println!();
     println!(
-        "| endpoint         | load             | done   | err | req/s   | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | p99 service ms |"
+        "| endpoint         | load             | done   | err | req/s   | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | p99 service ms | srv CPU µs/req | srv wait µs/req |"
     );
     println!(
-        "|------------------|------------------|--------|-----|---------|--------|--------|--------|----------|--------|----------------|"
+        "|------------------|------------------|--------|-----|---------|--------|--------|--------|----------|--------|----------------|----------------|-----------------|"
     );
     for run in &report.runs {
         println!(
-            "| {:16} | {:16} | {:>6} | {:>3} | {:>7.0} | {:>6} | {:>6} | {:>6} | {:>8} | {:>6} | {:>14} |",
+            "| {:16} | {:16} | {:>6} | {:>3} | {:>7.0} | {:>6} | {:>6} | {:>6} | {:>8} | {:>6} | {:>14} | {:>14.0} | {:>15.0} |",
             run.endpoint,
             run.mode,
             run.completed,
@@ -917,6 +996,8 @@ fn print_report(args: &Args, report: &Report, memory: Memory, review_cost: Durat
             ms(run.latency.p999),
             ms(run.latency.max),
             ms(run.service.p99),
+            run.cpu_per_request(),
+            run.wait_per_request(),
         );
     }
     let closed = |endpoint: &str| {
@@ -941,6 +1022,21 @@ fn print_report(args: &Args, report: &Report, memory: Memory, review_cost: Durat
     println!(
         "                same bytes POSTed to /bench/echo {echo:.0} req/s: /mutate is {:.1}% of it",
         percent(mutate, echo)
+    );
+    let cpu = |endpoint: &str| {
+        report
+            .runs
+            .iter()
+            .find(|r| r.endpoint == endpoint && r.mode.starts_with("closed"))
+            .map(Run::cpu_per_request)
+            .unwrap_or(0.0)
+    };
+    let (mutate_cpu, noop_cpu) = (cpu("POST /mutate"), cpu("GET /noop"));
+    println!(
+        "server CPU per request (closed loop): /mutate {mutate_cpu:.0} µs, GET /noop {noop_cpu:.0} µs: on 2 dedicated cores the server alone would top out near {:.0} and {:.0} req/s ({:.1}%)",
+        2e6 / mutate_cpu.max(1.0),
+        2e6 / noop_cpu.max(1.0),
+        percent(noop_cpu, mutate_cpu)
     );
     if let Some(run) = report
         .runs

@@ -42,8 +42,9 @@ use self::target::{KnativeVersion, Target};
 use crate::activity::queue::ActivityQueue;
 use crate::cache::Caches;
 
-/// Orgs reconciled at once.
-const CONCURRENCY: u16 = 16;
+/// Orgs reconciled at once; each has up to 8 patches in flight, so this bounds the controller
+/// at a few hundred concurrent API calls when many orgs flip together.
+const CONCURRENCY: u16 = 32;
 
 /// What the controller needs from the binary's configuration.
 #[derive(Debug, Clone)]

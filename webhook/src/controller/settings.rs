@@ -42,45 +42,62 @@ pub fn changes(caches: &Caches) -> impl Stream<Item = ()> + Send + 'static {
 }
 
 /// Reports refused settings until `cancel`: every replica logs and counts; the leader also
-/// raises the Event (one per distinct problem, so replicas and resyncs do not repeat it).
+/// raises the Event, once per distinct problem (so replicas and resyncs do not repeat it), also
+/// when it becomes leader while the settings are refused, and retries a failed publish.
 pub async fn monitor(
     caches: Arc<Caches>,
     metrics: ControllerMetrics,
     recorder: Arc<Recorder>,
-    leader: watch::Receiver<bool>,
+    mut leader: watch::Receiver<bool>,
     cancel: CancellationToken,
 ) {
     let mut rx = caches.subscribe_config();
-    let mut reported: Option<String> = None;
+    let mut counted: Option<String> = None;
+    let mut published: Option<String> = None;
     loop {
         let config = rx.borrow_and_update().clone();
+        let leading = *leader.borrow_and_update();
         match &config.settings_error {
-            Some(error) if reported.as_ref() != Some(error) => {
-                // The caches already logged the refusal; this adds the metric and the Event.
-                metrics.settings(false, true);
-                if *leader.borrow() {
-                    publish(&caches, &recorder, &metrics, error).await;
+            Some(error) => {
+                if counted.as_ref() != Some(error) {
+                    // The caches already logged the refusal; this adds the metric and the Event.
+                    metrics.settings(false, true);
+                    counted = Some(error.clone());
                 }
-                reported = Some(error.clone());
+                if leading
+                    && published.as_ref() != Some(error)
+                    && publish(&caches, &recorder, &metrics, error).await
+                {
+                    published = Some(error.clone());
+                }
             }
-            Some(_) => {}
             None => {
-                if reported.take().is_some() {
+                published = None;
+                if counted.take().is_some() {
                     metrics.settings(true, false);
                     tracing::info!("s2z-settings accepted again");
                 }
             }
         }
+        let retry = counted.is_some() && leading && published != counted;
         tokio::select! {
             () = cancel.cancelled() => return,
             changed = rx.changed() => if changed.is_err() { return },
+            changed = leader.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(std::time::Duration::from_secs(5)), if retry => {}
         }
     }
 }
 
-async fn publish(caches: &Caches, recorder: &Recorder, metrics: &ControllerMetrics, error: &str) {
+/// Publishes the InvalidSettings Event; true when it was published.
+async fn publish(
+    caches: &Caches,
+    recorder: &Recorder,
+    metrics: &ControllerMetrics,
+    error: &str,
+) -> bool {
     let Some(configmap) = caches.settings_configmap() else {
-        return;
+        return false;
     };
     let event = Event {
         type_: EventType::Warning,
@@ -92,9 +109,13 @@ async fn publish(caches: &Caches, recorder: &Recorder, metrics: &ControllerMetri
         secondary: None,
     };
     match recorder.publish(&event, &configmap.object_ref(&())).await {
-        Ok(()) => metrics.event(INVALID_SETTINGS),
+        Ok(()) => {
+            metrics.event(INVALID_SETTINGS);
+            true
+        }
         Err(publish_error) => {
-            tracing::warn!(error = %publish_error, "failed to publish the InvalidSettings Event");
+            tracing::warn!(error = %publish_error, "failed to publish the InvalidSettings Event; retrying");
+            false
         }
     }
 }
