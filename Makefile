@@ -11,7 +11,7 @@ KNATIVE_SRC := $(shell find tests/knative/cmd -name '*.go') tests/knative/go.mod
 export S2Z_STATE_DIR := $(STATE_DIR)
 export S2Z_KNATIVE_STATE_DIR := $(KNATIVE_STATE_DIR)
 
-.PHONY: all build cluster cluster-up cluster-down knative-up knative-down test unit integration lint demo demo-down bench bench-webhook bench-status webhook-local check-manifests generate check-generated
+.PHONY: all build cluster cluster-up cluster-down knative-up knative-down test unit integration lint demo demo-down bench bench-webhook bench-status bench-dormancy webhook-local check-manifests generate check-generated
 
 all: build
 
@@ -82,7 +82,7 @@ demo-down:
 	@if [ -x $(CLUSTER) ]; then $(CLUSTER) down --state-dir $(DEMO_STATE_DIR); fi
 
 ## bench: every benchmark
-bench: bench-webhook bench-status
+bench: bench-webhook bench-status bench-dormancy
 
 ## bench-webhook: /mutate over TLS vs the no-op baseline, open and closed loop, memory with 10,000
 ## orgs cached (release build; no cluster needed). Pass options with BENCH_ARGS="--duration 10".
@@ -95,6 +95,12 @@ bench-webhook:
 bench-status: $(CLUSTER)
 	cargo build --release -p kubectl-s2z
 	cargo bench -p s2z-tests --bench status -- --plugin $(CURDIR)/target/release/kubectl-s2z $(BENCH_ARGS)
+
+## bench-dormancy: the dormancy controller and activity endpoint on a private control plane with
+## 2,000 orgs and 10,000 revisions (about 10 minutes). Options: BENCH_ARGS="--help".
+bench-dormancy: $(CLUSTER)
+	cargo build --release -p s2z-webhook
+	S2Z_WEBHOOK_BIN=$(CURDIR)/target/release/s2z-webhook cargo bench -p s2z-tests --bench dormancy -- $(BENCH_ARGS)
 
 ## webhook-local: install s2z for a webhook running on this host into the current KUBECONFIG's
 ## cluster (manifests/overlays/local), e.g. the local control plane
