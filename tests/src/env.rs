@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 
-use crate::plane::{Plane, cluster};
+use crate::plane::{Plane, cluster, knative_cluster};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -26,6 +26,17 @@ impl TestEnv {
     /// Connects (or starts the plane) and reserves a unique id for `test`.
     pub async fn new(test: &str) -> Result<Self> {
         let (plane, client) = cluster().await?;
+        Ok(Self::on(plane, client, test))
+    }
+
+    /// Like [`new`](Self::new), on the plane that runs real Knative Serving
+    /// ([`knative_cluster`]).
+    pub async fn knative(test: &str) -> Result<Self> {
+        let (plane, client) = knative_cluster().await?;
+        Ok(Self::on(plane, client, test))
+    }
+
+    fn on(plane: Plane, client: kube::Client, test: &str) -> Self {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let slug: String = test
             .chars()
@@ -39,12 +50,12 @@ impl TestEnv {
             .take(30)
             .collect();
         let id = format!("{}-{}-{n}", slug.trim_matches('-'), std::process::id());
-        Ok(Self {
+        Self {
             plane,
             client,
             id,
             namespaces: Vec::new(),
-        })
+        }
     }
 
     /// A unique name derived from this test's id.

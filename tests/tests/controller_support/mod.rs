@@ -59,10 +59,30 @@ impl Fixture {
     /// (allow-zero-initial-scale true).
     pub async fn new(test: &str, settings: &[(&str, &str)]) -> Result<Self> {
         let mut env = TestEnv::new(test).await?;
+        let id = env.id.clone();
+        let knative = env.namespace("kn", &[("s2z.dev/test", &id)]).await?;
+        let fx = Self::with(env, knative, settings).await?;
+        fx.configmap(
+            &fx.knative,
+            "config-autoscaler",
+            json!({"enable-scale-to-zero": "true", "allow-zero-initial-scale": "true"}),
+        )
+        .await?;
+        Ok(fx)
+    }
+
+    /// Like [`new`](Self::new), on the plane running real Knative Serving: the webhook reads
+    /// Knative's own `knative-serving/config-autoscaler` and detects the release from that
+    /// namespace's labels, as in a real install.
+    pub async fn on_knative(test: &str, settings: &[(&str, &str)]) -> Result<Self> {
+        let env = TestEnv::knative(test).await?;
+        Self::with(env, "knative-serving".to_string(), settings).await
+    }
+
+    async fn with(mut env: TestEnv, knative: String, settings: &[(&str, &str)]) -> Result<Self> {
         ensure_org_crd(&env.client).await?;
         let id = env.id.clone();
         let sys = env.namespace("sys", &[("s2z.dev/test", &id)]).await?;
-        let knative = env.namespace("kn", &[("s2z.dev/test", &id)]).await?;
         let fx = Self {
             env,
             sys,
@@ -71,12 +91,6 @@ impl Fixture {
             cluster_rbac: Vec::new(),
         };
         fx.set_settings(settings).await?;
-        fx.configmap(
-            &fx.knative,
-            "config-autoscaler",
-            json!({"enable-scale-to-zero": "true", "allow-zero-initial-scale": "true"}),
-        )
-        .await?;
         Ok(fx)
     }
 

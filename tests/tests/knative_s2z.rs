@@ -1,0 +1,574 @@
+//! s2z with real Knative Serving: the knative.dev/serving webhook, controller and autoscaler
+//! (tests/knative) create every Revision, Deployment and PodAutoscaler, and s2z's real webhook
+//! process (with its dormancy controller) is registered by URL, as in `knative_real.rs`'s plane.
+//!
+//! What is shown, end to end, on KWOK nodes:
+//! - a dormant org's redeploy makes a Revision born with min-scale 0 and initial-scale 0 whose
+//!   Deployment has 0 replicas, while the same redeploy without s2z starts the declared pods;
+//! - waking the org restores the declared scale on that Revision in place (no new revision),
+//!   and Knative copies it to the PodAutoscaler;
+//! - `kubectl s2z defrag` runs on the real autoscaler's `actualScale`.
+//!
+//! One thing the real autoscaler does not do here, with the reason in
+//! [`waking_restores_the_declared_scale_in_place_without_a_new_revision`]: it does not start pods
+//! for a Revision born with zero pods when its min-scale is raised without traffic.
+//!
+//! Needs `cargo build -p s2z-webhook -p kubectl-s2z` first (`make test` does it).
+
+mod controller_support;
+mod defrag_support;
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use chrono::Utc;
+use controller_support::{Fixture, stamp};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use s2z_core::labels::{DECLARED_ANNOTATION, INITIAL_SCALE, MIN_SCALE, SLEEP_ANNOTATION};
+use s2z_core::org::OrgState;
+use s2z_tests::env::eventually;
+use s2z_tests::webhook::{WebhookProcess, delete_mwc, register_mwc};
+use s2z_tests::{TestEnv, kubectl};
+use serde_json::{Value, json};
+
+/// Bounds a broken run only; on a healthy plane each wait ends within seconds.
+const WAIT: Duration = Duration::from_secs(90);
+
+/// Long dormancy and no sweep: orgs flip only when a test asks.
+const CALM: [(&str, &str); 3] = [
+    ("orgDormancyPeriodSecs", "3600"),
+    ("sweepIntervalSecs", "3600"),
+    ("orgWarmupRatelimitStr", "100/s"),
+];
+
+/// A digest reference: Knative never resolves it, and KWOK never pulls it.
+const IMAGE: &str = "example.invalid/s2z/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// The model every test deploys: a KServe-style predictor declaring min-scale 2, one GPU a pod.
+const MODEL: &str = "bert-predictor";
+const DECLARED: u32 = 2;
+
+fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
+}
+
+fn api(client: &kube::Client, ns: &str, kind: &str) -> Api<DynamicObject> {
+    let r = match kind {
+        "Service" => resource("serving.knative.dev", "v1", kind, "services"),
+        "Configuration" => resource("serving.knative.dev", "v1", kind, "configurations"),
+        "Revision" => resource("serving.knative.dev", "v1", kind, "revisions"),
+        _ => defrag_support::pa_resource(),
+    };
+    Api::namespaced_with(client.clone(), ns, &r)
+}
+
+/// Applies the model's Knative Service the way KServe's serverless mode shapes a predictor:
+/// the `serving.kserve.io/inferenceservice` label on the template, min-scale from
+/// `minReplicas`, a GPU limit. `generation` goes into an env var, so each new value is a
+/// redeploy (a new Revision). `pin` puts the pods on the test's private nodes.
+async fn apply_model(
+    client: &kube::Client,
+    ns: &str,
+    generation: u32,
+    pin: Option<&str>,
+) -> Result<()> {
+    let mut pod = json!({
+        "containers": [{
+            "image": IMAGE,
+            "env": [{"name": "GENERATION", "value": generation.to_string()}],
+            "resources": {"limits": {"nvidia.com/gpu": "1"}},
+        }],
+    });
+    if let Some(id) = pin {
+        pod["nodeSelector"] = json!({"s2z.dev/test": id});
+        pod["tolerations"] = json!([{"key": "s2z.dev/test", "operator": "Equal", "value": id, "effect": "NoSchedule"}]);
+    }
+    let ksvc = json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+        "metadata": {"name": MODEL, "namespace": ns,
+                     "labels": {"serving.kserve.io/inferenceservice": "bert"}},
+        "spec": {"template": {
+            "metadata": {
+                "labels": {"serving.kserve.io/inferenceservice": "bert", "component": "predictor"},
+                "annotations": {MIN_SCALE: DECLARED.to_string()},
+            },
+            "spec": pod,
+        }},
+    });
+    api(client, ns, "Service")
+        .patch(
+            MODEL,
+            &PatchParams::apply("s2z-tests").force(),
+            &Patch::Apply(&ksvc),
+        )
+        .await
+        .with_context(|| format!("failed to apply ksvc {ns}/{MODEL} generation {generation}"))?;
+    Ok(())
+}
+
+fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a str> {
+    obj.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?
+        .get("status")?
+        .as_str()
+}
+
+fn annotation(obj: &DynamicObject, key: &str) -> Option<String> {
+    obj.metadata.annotations.as_ref()?.get(key).cloned()
+}
+
+/// Waits until Knative reports the Revision Ready.
+async fn ready_revision(client: &kube::Client, ns: &str, name: &str) -> Result<DynamicObject> {
+    let revisions = api(client, ns, "Revision");
+    eventually(&format!("Revision {name} Ready"), WAIT, || async {
+        let Some(rev) = revisions.get_opt(name).await? else {
+            return Ok(None);
+        };
+        Ok((condition(&rev.data, "Ready") == Some("True")).then_some(rev))
+    })
+    .await
+}
+
+/// Names of the Configuration's Revisions, sorted.
+async fn revision_names(client: &kube::Client, ns: &str) -> Result<Vec<String>> {
+    let lp = ListParams::default().labels(&format!("serving.knative.dev/configuration={MODEL}"));
+    let mut names: Vec<String> = api(client, ns, "Revision")
+        .list(&lp)
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|r| r.metadata.name)
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// The Deployment Knative made for a Revision, found by label (its name may be hashed).
+async fn deployment(client: &kube::Client, ns: &str, rev: &str) -> Result<Deployment> {
+    let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
+    let lp = ListParams::default().labels(&format!("serving.knative.dev/revision={rev}"));
+    eventually(&format!("Deployment of {rev}"), WAIT, || async {
+        Ok(deployments.list(&lp).await?.items.into_iter().next())
+    })
+    .await
+}
+
+fn replicas(d: &Deployment) -> Option<i32> {
+    d.spec.as_ref().and_then(|s| s.replicas)
+}
+
+async fn pods(client: &kube::Client, ns: &str, rev: &str) -> Result<Vec<Pod>> {
+    let lp = ListParams::default().labels(&format!("serving.knative.dev/revision={rev}"));
+    Ok(Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await?
+        .items)
+}
+
+/// Waits until exactly `count` pods of the revision are serving; returns them.
+async fn wait_serving(
+    client: &kube::Client,
+    ns: &str,
+    rev: &str,
+    count: usize,
+) -> Result<Vec<Pod>> {
+    eventually(&format!("{count} serving pods of {rev}"), WAIT, || async {
+        let serving: Vec<Pod> = pods(client, ns, rev)
+            .await?
+            .into_iter()
+            .filter(defrag_support::serving)
+            .collect();
+        Ok((serving.len() == count).then_some(serving))
+    })
+    .await
+}
+
+/// Waits until the real autoscaler reports `scale` in the PodAutoscaler's `actualScale`.
+async fn wait_actual_scale(client: &kube::Client, ns: &str, rev: &str, scale: i64) -> Result<()> {
+    let pas = api(client, ns, "PodAutoscaler");
+    eventually(&format!("{rev} actualScale {scale}"), WAIT, || async {
+        let pa = pas.get(rev).await?;
+        Ok((pa.data.pointer("/status/actualScale") == Some(&json!(scale))).then_some(()))
+    })
+    .await
+}
+
+/// One test's s2z on the Knative plane: the Fixture's install namespace and settings, a
+/// controller-enabled webhook reading `knative-serving/config-autoscaler`, registered for this
+/// test's org namespaces only, and one org with one namespace.
+struct S2z {
+    fx: Fixture,
+    webhook: WebhookProcess,
+    mwc: String,
+    org: String,
+    ns: String,
+}
+
+impl S2z {
+    async fn start(test: &str) -> Result<Self> {
+        let mut fx = Fixture::on_knative(test, &CALM).await?;
+        ensure!(
+            fx.env.plane.knative,
+            "the Knative plane's cluster.json lacks knative: true"
+        );
+        let webhook = fx.webhook(&[]).await?;
+        let mwc = fx.env.name("s2z");
+        let selector = json!({"matchExpressions": [
+            {"key": "s2z.dev/org", "operator": "Exists"},
+            {"key": "s2z.dev/test", "operator": "In", "values": [fx.env.id]},
+        ]});
+        register_mwc(
+            &fx.env.client,
+            &mwc,
+            &webhook.url(),
+            &webhook.cert.ca_bundle(),
+            selector,
+        )
+        .await?;
+        let org = fx.env.name("acme");
+        let ns = fx.org_namespace(&org, "acme").await?;
+        fx.org("acme", json!({})).await?;
+        fx.wait_state(&org, OrgState::Active, WAIT).await?;
+        Ok(Self {
+            fx,
+            webhook,
+            mwc,
+            org,
+            ns,
+        })
+    }
+
+    fn client(&self) -> &kube::Client {
+        &self.fx.env.client
+    }
+
+    /// The first deploy, while the org is active: the model's Revision 00001 runs its declared
+    /// pods.
+    async fn deploy_warm(&self) -> Result<()> {
+        apply_model(self.client(), &self.ns, 1, None).await?;
+        let rev = format!("{MODEL}-00001");
+        ready_revision(self.client(), &self.ns, &rev).await?;
+        let d = deployment(self.client(), &self.ns, &rev).await?;
+        ensure!(
+            replicas(&d) == Some(DECLARED as i32),
+            "{rev} replicas {:?}",
+            replicas(&d)
+        );
+        wait_serving(self.client(), &self.ns, &rev, DECLARED as usize).await?;
+        Ok(())
+    }
+
+    /// Puts the org to sleep the way `kubectl s2z sleep` does, and waits until the controller
+    /// reports it Dormant and has scaled the existing Revision to zero. The controller judges
+    /// from the same caches the webhook answers from, so the next Revision sees a dormant org.
+    async fn sleep(&self) -> Result<()> {
+        let patch = json!({"metadata": {"annotations": {SLEEP_ANNOTATION: stamp(Utc::now())}}});
+        self.fx
+            .orgs_api()
+            .patch(&self.org, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .context("failed to request sleep")?;
+        self.fx
+            .wait_state(&self.org, OrgState::Dormant, WAIT)
+            .await?;
+        self.fx
+            .wait_annotation(
+                &self.ns,
+                &format!("{MODEL}-00001"),
+                MIN_SCALE,
+                Some("0"),
+                WAIT,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The redeploy: a new template, so Knative creates Revision 00002; waits until it is Ready.
+    async fn redeploy(&self) -> Result<DynamicObject> {
+        apply_model(self.client(), &self.ns, 2, None).await?;
+        ready_revision(self.client(), &self.ns, &format!("{MODEL}-00002")).await
+    }
+
+    async fn cleanup(self) -> Result<()> {
+        delete_mwc(self.client(), &self.mwc).await?;
+        drop(self.webhook);
+        self.fx.cleanup().await
+    }
+}
+
+#[tokio::test]
+async fn dormant_redeploy_is_born_at_zero_and_starts_no_pod() -> Result<()> {
+    let s2z = S2z::start("kn-s2z-dormant").await?;
+    s2z.deploy_warm().await?;
+    s2z.sleep().await?;
+
+    let rev = s2z.redeploy().await?;
+    let name = format!("{MODEL}-00002");
+    ensure!(
+        annotation(&rev, MIN_SCALE).as_deref() == Some("0")
+            && annotation(&rev, INITIAL_SCALE).as_deref() == Some("0"),
+        "{name} annotations: {:?}",
+        rev.metadata.annotations
+    );
+    // What the user declared is kept for the wake.
+    let declared = annotation(&rev, DECLARED_ANNOTATION).unwrap_or_default();
+    ensure!(
+        declared.contains(&format!(r#""{MIN_SCALE}":"{DECLARED}""#)),
+        "declared: {declared}"
+    );
+    let d = deployment(s2z.client(), &s2z.ns, &name).await?;
+    ensure!(
+        replicas(&d) == Some(0),
+        "{name} replicas {:?}",
+        replicas(&d)
+    );
+    wait_actual_scale(s2z.client(), &s2z.ns, &name, 0).await?;
+    // The Revision is Ready and its Deployment asks for nothing: no pod, now or a little later.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = pods(s2z.client(), &s2z.ns, &name).await?;
+    ensure!(
+        started.is_empty(),
+        "pods of {name}: {:?}",
+        started
+            .iter()
+            .map(|p| p.metadata.name.clone())
+            .collect::<Vec<_>>()
+    );
+    let revisions = revision_names(s2z.client(), &s2z.ns).await?;
+    ensure!(
+        revisions == [format!("{MODEL}-00001"), name],
+        "one redeploy, one revision: {revisions:?}"
+    );
+    s2z.cleanup().await
+}
+
+#[tokio::test]
+async fn the_same_redeploy_without_s2z_starts_the_declared_pods() -> Result<()> {
+    let mut s2z = S2z::start("kn-s2z-spike").await?;
+    s2z.deploy_warm().await?;
+    s2z.sleep().await?;
+    // s2z gone: unregistered, and the process (webhook and controller) stopped.
+    delete_mwc(s2z.client(), &s2z.mwc).await?;
+    s2z.webhook.terminate(Duration::from_secs(15)).await?;
+
+    let rev = s2z.redeploy().await?;
+    let name = format!("{MODEL}-00002");
+    ensure!(
+        annotation(&rev, MIN_SCALE) == Some(DECLARED.to_string())
+            && annotation(&rev, INITIAL_SCALE).is_none()
+            && annotation(&rev, DECLARED_ANNOTATION).is_none(),
+        "{name} was changed without s2z: {:?}",
+        rev.metadata.annotations
+    );
+    let d = deployment(s2z.client(), &s2z.ns, &name).await?;
+    ensure!(
+        replicas(&d) == Some(DECLARED as i32),
+        "{name} replicas {:?}",
+        replicas(&d)
+    );
+    // The spike: a dormant org's redeploy holds the declared GPUs again.
+    let started = wait_serving(s2z.client(), &s2z.ns, &name, DECLARED as usize).await?;
+    let gpus: i64 = started
+        .iter()
+        .flat_map(|p| p.spec.iter().flat_map(|s| s.containers.iter()))
+        .filter_map(|c| c.resources.as_ref()?.limits.as_ref()?.get("nvidia.com/gpu"))
+        .filter_map(|q| q.0.parse::<i64>().ok())
+        .sum();
+    ensure!(gpus == i64::from(DECLARED), "GPUs held by {name}: {gpus}");
+    wait_actual_scale(s2z.client(), &s2z.ns, &name, i64::from(DECLARED)).await?;
+    let S2z { fx, mwc, .. } = s2z;
+    delete_mwc(&fx.env.client, &mwc).await?;
+    fx.cleanup().await
+}
+
+/// Waking restores what the user declared on the Revision born at zero, in place: no new
+/// Revision, and Knative (>= 1.21) copies min-scale to the PodAutoscaler.
+///
+/// The Deployment stays at 0 replicas, though, and this is upstream behaviour, not KWOK's: the
+/// KPA only applies min-scale once its decider has metrics or while the PA is activating
+/// (pkg/reconciler/autoscaling/kpa/scaler.go: `if desiredScale < 0 && !pa.Status.IsActivating()
+/// { return desiredScale }`). A Revision with no pod is never scraped (the scrapers return an
+/// empty stat for zero pods, which the collector does not record), so the decider has no data
+/// (`ErrNoData`, desiredScale -1), and its PA is Inactive/NoTraffic (kpa.go,
+/// `computeActiveCondition`: "pc.want will continue being -1 until we start receiving
+/// metrics"). Only a request through the activator brings the first stat. So on a real cluster
+/// too the declared pods come back with the first request, not with the wake.
+#[tokio::test]
+async fn waking_restores_the_declared_scale_in_place_without_a_new_revision() -> Result<()> {
+    let mut s2z = S2z::start("kn-s2z-wake").await?;
+    s2z.deploy_warm().await?;
+    s2z.sleep().await?;
+    s2z.redeploy().await?;
+    let name = format!("{MODEL}-00002");
+    let before = revision_names(s2z.client(), &s2z.ns).await?;
+    ensure!(before.len() == 2, "{before:?}");
+
+    // Wake through the activity endpoint, with a ServiceAccount token, as a gateway would.
+    let token = s2z.fx.sender("gateway", Some(&[])).await?;
+    let (code, body) = s2z.webhook.activity(&s2z.org, Some(&token), "").await?;
+    ensure!(code == 202, "activity: {code} {body}");
+    s2z.fx.wait_state(&s2z.org, OrgState::Active, WAIT).await?;
+    let restored = s2z
+        .fx
+        .wait_annotation(&s2z.ns, &name, MIN_SCALE, Some("2"), WAIT)
+        .await?;
+    ensure!(
+        !restored.contains_key(INITIAL_SCALE),
+        "initial-scale left on {name}: {restored:?}"
+    );
+    // Knative's revision reconciler copies the Revision's autoscaling annotations to the PA.
+    let pas = api(s2z.client(), &s2z.ns, "PodAutoscaler");
+    let pa = eventually(&format!("PA {name} min-scale 2"), WAIT, || async {
+        let pa = pas.get(&name).await?;
+        Ok((annotation(&pa, MIN_SCALE).as_deref() == Some("2")).then_some(pa))
+    })
+    .await?;
+    ensure!(
+        annotation(&pa, INITIAL_SCALE).is_none(),
+        "PA annotations: {:?}",
+        pa.metadata.annotations
+    );
+    let after = revision_names(s2z.client(), &s2z.ns).await?;
+    ensure!(
+        after == before,
+        "revisions before {before:?}, after {after:?}"
+    );
+    let latest = api(s2z.client(), &s2z.ns, "Configuration")
+        .get(MODEL)
+        .await?
+        .data
+        .pointer("/status/latestCreatedRevisionName")
+        .cloned();
+    ensure!(latest == Some(json!(name)), "latest revision {latest:?}");
+
+    // What the real autoscaler does with it (see the doc comment): without a request, nothing.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let d = deployment(s2z.client(), &s2z.ns, &name).await?;
+    let pa = pas.get(&name).await?;
+    eprintln!(
+        "after the wake: {name} Deployment replicas {:?}, PA desiredScale {}, Active {:?}",
+        replicas(&d),
+        pa.data["status"]["desiredScale"],
+        condition(&pa.data, "Active")
+    );
+    ensure!(
+        replicas(&d) == Some(0) && pa.data["status"]["desiredScale"] == json!(-1),
+        "the KPA scaled {name} without traffic: replicas {:?}, PA status {}",
+        replicas(&d),
+        pa.data["status"]
+    );
+    s2z.cleanup().await
+}
+
+/// Lets Knative Services use nodeSelector and tolerations, so that a test's pods land on its
+/// private nodes only (Knative's webhook rejects both fields by default).
+async fn allow_pinning(client: &kube::Client) -> Result<()> {
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "config-features", "namespace": "knative-serving"},
+        "data": {"kubernetes.podspec-nodeselector": "enabled", "kubernetes.podspec-tolerations": "enabled"},
+    }))?;
+    Api::<ConfigMap>::namespaced(client.clone(), "knative-serving")
+        .patch(
+            "config-features",
+            &PatchParams::apply("s2z-tests-pinning").force(),
+            &Patch::Apply(&cm),
+        )
+        .await
+        .context("failed to enable nodeSelector and tolerations in config-features")?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn defrag_moves_a_real_revision_off_a_node_on_the_real_autoscalers_actual_scale() -> Result<()>
+{
+    let mut env = TestEnv::knative("kn-s2z-defrag").await?;
+    let ns = env.namespace("ns", &[]).await?;
+    allow_pinning(&env.client).await?;
+    // node0 is emptied; node1 is cordoned until the pods sit on node0.
+    let nodes = defrag_support::private_nodes(&env, &[8, 8], &[false, true]).await?;
+    // Knative's webhook reads config-features through an informer: retry until it allows it.
+    eventually("a pinned ksvc accepted", WAIT, || async {
+        Ok(apply_model(&env.client, &ns, 1, Some(&env.id)).await.ok())
+    })
+    .await?;
+    let rev = format!("{MODEL}-00001");
+    ready_revision(&env.client, &ns, &rev).await?;
+    let placed = wait_serving(&env.client, &ns, &rev, DECLARED as usize).await?;
+    ensure!(
+        placed
+            .iter()
+            .all(|p| defrag_support::node_of(p) == nodes[0]),
+        "pods not on {}",
+        nodes[0]
+    );
+    // actualScale is Knative's own count of the revision's ready pods.
+    wait_actual_scale(&env.client, &ns, &rev, i64::from(DECLARED)).await?;
+    defrag_support::set_cordon(&env, &nodes[1], false).await?;
+
+    let (code, stdout, stderr) = defrag_support::run(
+        &env.plane,
+        &["defrag", &nodes[0], "--yes", "--timeout", "5m"],
+    )
+    .await?;
+    ensure!(code == 0, "defrag exit {code}: {stderr}\n{stdout}");
+    for want in [
+        format!("Revision {rev} - 2 extra needed - current_scale=2 replicas=2 initial_scale=2"),
+        format!("Revision {rev} - 0 extra needed - current_scale=4 replicas=2 initial_scale=2"),
+        "Safe to defrag/remove node".to_string(),
+    ] {
+        ensure!(stdout.contains(&want), "missing {want:?} in:\n{stdout}");
+    }
+    // The real KPA counted the orphans with the replacements: 2 + 2.
+    wait_actual_scale(&env.client, &ns, &rev, 4).await?;
+
+    // The human step the plugin prints, through the real kubectl.
+    let out = kubectl(
+        &env.plane,
+        &[],
+        &[
+            "drain",
+            &nodes[0],
+            "--ignore-daemonsets",
+            "--force",
+            "--timeout=60s",
+        ],
+    )?;
+    ensure!(
+        out.status.success(),
+        "drain: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all = Api::<Pod>::all(env.client.clone());
+    let on_node0 = format!("spec.nodeName={}", nodes[0]);
+    eventually(&format!("{} empty", nodes[0]), WAIT, || async {
+        let left = all.list(&ListParams::default().fields(&on_node0)).await?;
+        Ok(left.items.is_empty().then_some(()))
+    })
+    .await?;
+    let serving = wait_serving(&env.client, &ns, &rev, DECLARED as usize).await?;
+    ensure!(
+        serving
+            .iter()
+            .all(|p| defrag_support::node_of(p) == nodes[1]),
+        "replacements not on {}",
+        nodes[1]
+    );
+    wait_actual_scale(&env.client, &ns, &rev, i64::from(DECLARED)).await?;
+    let d = deployment(&env.client, &ns, &rev).await?;
+    ensure!(
+        replicas(&d) == Some(DECLARED as i32),
+        "replicas {:?}",
+        replicas(&d)
+    );
+    let revisions = revision_names(&env.client, &ns).await?;
+    ensure!(revisions == [rev], "{revisions:?}");
+    defrag_support::delete_nodes(&env, &nodes).await;
+    env.cleanup().await
+}
