@@ -11,7 +11,7 @@ KNATIVE_SRC := $(shell find tests/knative/cmd -name '*.go') tests/knative/go.mod
 export S2Z_STATE_DIR := $(STATE_DIR)
 export S2Z_KNATIVE_STATE_DIR := $(KNATIVE_STATE_DIR)
 
-.PHONY: all build cluster cluster-up cluster-down knative-up knative-down test unit integration lint demo demo-down bench bench-webhook bench-status bench-dormancy webhook-local check-manifests generate check-generated
+.PHONY: all build cluster cluster-up cluster-down knative-up knative-down test unit integration lint demo demo-down bench bench-webhook bench-status bench-dormancy bench-spike webhook-local check-manifests generate check-generated
 
 all: build
 
@@ -82,7 +82,7 @@ demo-down:
 	@if [ -x $(CLUSTER) ]; then $(CLUSTER) down --state-dir $(DEMO_STATE_DIR); fi
 
 ## bench: every benchmark
-bench: bench-webhook bench-status bench-dormancy
+bench: bench-webhook bench-status bench-dormancy bench-spike
 
 ## bench-webhook: /mutate over TLS vs the no-op baseline, open and closed loop, memory with 10,000
 ## orgs cached (release build; no cluster needed). Pass options with BENCH_ARGS="--duration 10".
@@ -101,6 +101,14 @@ bench-status: $(CLUSTER)
 bench-dormancy: $(CLUSTER)
 	cargo build --release -p s2z-webhook
 	S2Z_WEBHOOK_BIN=$(CURDIR)/target/release/s2z-webhook cargo bench -p s2z-tests --bench dormancy -- $(BENCH_ARGS)
+
+## bench-spike: the deploy spike on real Knative: 60 orgs (50 dormant) redeploy their pynodes and
+## models without s2z, then with it, each on a clean slate; pods started, GPU-seconds in the 300 s
+## after, revisions created. Own plane with Knative in .state/bench-spike, stopped at the end (about
+## 15 minutes). Exits non-zero if, with s2z, a dormant org starts a pod. BENCH_ARGS="--window 60".
+bench-spike: $(CLUSTER) $(KNATIVE)
+	cargo build -p s2z-webhook
+	cargo run -p s2z-tests --example spike -- $(BENCH_ARGS)
 
 ## webhook-local: install s2z for a webhook running on this host into the current KUBECONFIG's
 ## cluster (manifests/overlays/local), e.g. the local control plane

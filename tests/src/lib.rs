@@ -6,6 +6,7 @@
 
 pub mod env;
 pub mod plane;
+pub mod spike;
 pub mod tls;
 pub mod webhook;
 
