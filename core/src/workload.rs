@@ -34,8 +34,14 @@ impl fmt::Display for WorkloadKind {
 
 /// Classifies a revision by its labels: KServe's InferenceService label makes it a model.
 pub fn kind_of(labels: &BTreeMap<String, String>) -> WorkloadKind {
+    kind_of_model_label(labels.get(MODEL_LABEL).map(String::as_str))
+}
+
+/// Classifies a revision by the value of its [`MODEL_LABEL`] alone, for callers that read
+/// only that label (the webhook does not build a map of all labels per request).
+pub fn kind_of_model_label(value: Option<&str>) -> WorkloadKind {
     // KServe always names the InferenceService; an empty value is not a KServe label.
-    match labels.get(MODEL_LABEL) {
+    match value {
         Some(name) if !name.is_empty() => WorkloadKind::Model,
         _ => WorkloadKind::Pynode,
     }
@@ -86,6 +92,9 @@ mod tests {
         );
         assert_eq!(kind_of(&map(&[])), WorkloadKind::Pynode);
         assert_eq!(kind_of(&map(&[(MODEL_LABEL, "")])), WorkloadKind::Pynode);
+        assert_eq!(kind_of_model_label(Some("bert")), WorkloadKind::Model);
+        assert_eq!(kind_of_model_label(Some("")), WorkloadKind::Pynode);
+        assert_eq!(kind_of_model_label(None), WorkloadKind::Pynode);
     }
 
     #[test]

@@ -6,19 +6,20 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation};
-use kube::core::DynamicObject;
-use kube::core::admission::{
-    AdmissionRequest, AdmissionResponse, AdmissionReview, META_API_VERSION_V1, META_KIND,
-    Operation, SerializePatchError,
-};
+use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
+use kube::core::admission::{META_API_VERSION_V1, META_KIND, Operation};
 use s2z_core::annotations::{self, DecisionInput};
-use s2z_core::labels::ORG_LABEL;
+use s2z_core::labels::{MODEL_LABEL, ORG_LABEL};
 use s2z_core::org::OrgState;
 use s2z_core::workload::{self, WorkloadKind};
 use serde_json::Value;
 
 use crate::view::{ClusterView, evaluate_org};
+
+#[path = "admission_wire.rs"]
+mod wire;
+
+use wire::{Object, Parsed, Request};
 
 /// The largest AdmissionReview body accepted; larger bodies get HTTP 413.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -55,7 +56,7 @@ pub enum ReviewError {
     Malformed(#[source] serde_json::Error),
     /// The patch could not be serialized (never expected).
     #[error("failed to encode the patch: {0}")]
-    EncodePatch(#[source] SerializePatchError),
+    EncodePatch(#[source] serde_json::Error),
     /// The response could not be serialized (never expected).
     #[error("failed to encode AdmissionReview response: {0}")]
     Encode(#[source] serde_json::Error),
@@ -151,7 +152,7 @@ pub fn review(
     view: &dyn ClusterView,
     now: DateTime<Utc>,
 ) -> Result<Reviewed, ReviewError> {
-    let Parsed { request, object } = parse(body)?;
+    let Parsed { request, object } = wire::parse(body)?;
     let mutation = match object {
         Ok(object) => mutate(&request, object.as_ref(), view, now),
         // Only a Revision CREATE is ours to worry about.
@@ -169,48 +170,10 @@ pub fn review(
     respond(&request, mutation)
 }
 
-/// A review read by [`parse`].
-struct Parsed {
-    /// The request, without its object.
-    request: AdmissionRequest<DynamicObject>,
-    /// The object, or why it could not be read.
-    object: Result<Option<DynamicObject>, String>,
-}
-
-/// Parses the review envelope strictly and the object leniently: a review we cannot answer is
-/// an error, an object we cannot read is only a reason to leave it alone.
-fn parse(body: &[u8]) -> Result<Parsed, ReviewError> {
-    let mut value: Value = serde_json::from_slice(body).map_err(ReviewError::NotJson)?;
-    let field = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).unwrap_or("").to_owned();
-    let (api_version, kind) = (field(&value, "apiVersion"), field(&value, "kind"));
-    if api_version != META_API_VERSION_V1 || kind != META_KIND {
-        return Err(ReviewError::NotAdmissionReview { api_version, kind });
-    }
-    let request = match value.get_mut("request") {
-        Some(request @ Value::Object(_)) => request,
-        _ => return Err(ReviewError::NoRequest),
-    };
-    if field(request, "uid").is_empty() {
-        return Err(ReviewError::NoUid);
-    }
-    let object = request.get_mut("object").map(Value::take);
-    let review: AdmissionReview<DynamicObject> =
-        serde_json::from_value(value).map_err(ReviewError::Malformed)?;
-    let request: AdmissionRequest<DynamicObject> =
-        review.try_into().map_err(|_| ReviewError::NoRequest)?;
-    let object = match object {
-        None | Some(Value::Null) => Ok(None),
-        Some(object) => serde_json::from_value(object)
-            .map(Some)
-            .map_err(|e| format!("failed to read the object: {e}")),
-    };
-    Ok(Parsed { request, object })
-}
-
 /// Decides the patch for one request.
-pub fn mutate(
-    request: &AdmissionRequest<DynamicObject>,
-    object: Option<&DynamicObject>,
+fn mutate(
+    request: &Request<'_>,
+    object: Option<&Object<'_>>,
     view: &dyn ClusterView,
     now: DateTime<Utc>,
 ) -> Mutation {
@@ -225,9 +188,13 @@ pub fn mutate(
     let Some(object) = object else {
         return skip(ObjectKind::Other);
     };
-    let no_labels = BTreeMap::new();
-    let labels = object.metadata.labels.as_ref().unwrap_or(&no_labels);
-    let kind = match workload::kind_of(labels) {
+    let metadata = &object.metadata;
+    let model_label = metadata
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(MODEL_LABEL))
+        .map(wire::Str::as_str);
+    let kind = match workload::kind_of_model_label(model_label) {
         WorkloadKind::Model => ObjectKind::Model,
         WorkloadKind::Pynode => ObjectKind::Pynode,
     };
@@ -236,23 +203,24 @@ pub fn mutate(
     }
     let namespace = request
         .namespace
-        .as_deref()
-        .or(object.metadata.namespace.as_deref())
-        .unwrap_or("");
+        .as_ref()
+        .or(metadata.namespace.as_ref())
+        .map_or("", wire::Str::as_str);
     let Some(org_name) = view.namespace_org(namespace).filter(|o| !o.is_empty()) else {
         return skip(kind);
     };
     let mut mutation = Mutation {
         kind: Some(kind),
-        org: Some(org_name.clone()),
         ..Mutation::default()
     };
     let Some(org) = view.org(&org_name) else {
         mutation.warnings.push(format!(
             "s2z: namespace {namespace} is labelled {ORG_LABEL}={org_name} but there is no Org {org_name}: revision left unchanged"
         ));
+        mutation.org = Some(org_name);
         return mutation;
     };
+    mutation.org = Some(org_name);
     let config = view.config();
     if let Some(error) = &config.settings_error {
         mutation.warnings.push(format!(
@@ -270,7 +238,7 @@ pub fn mutate(
                 .to_owned(),
         );
     }
-    let current = object.metadata.annotations.as_ref();
+    let current = metadata.annotations.as_ref();
     let empty = BTreeMap::new();
     let decision = annotations::decide(&DecisionInput {
         state: evaluation.state,
@@ -293,9 +261,9 @@ pub fn mutate(
 }
 
 /// Whether the request is about a Revision itself (not a subresource).
-fn is_revision(request: &AdmissionRequest<DynamicObject>) -> bool {
-    request.kind.group == REVISION_GROUP
-        && request.kind.kind == REVISION_KIND
+fn is_revision(request: &Request<'_>) -> bool {
+    request.kind.group.as_str() == REVISION_GROUP
+        && request.kind.kind.as_str() == REVISION_KIND
         && request.sub_resource.is_none()
 }
 
@@ -340,31 +308,20 @@ pub fn annotation_patch(
 }
 
 /// Builds the response review for a mutation.
-fn respond(
-    request: &AdmissionRequest<DynamicObject>,
-    mutation: Mutation,
-) -> Result<Reviewed, ReviewError> {
+fn respond(request: &Request<'_>, mutation: Mutation) -> Result<Reviewed, ReviewError> {
     let operations = mutation.patch.len();
-    let mut response = AdmissionResponse::from(request);
-    if operations > 0 {
-        response = response
-            .with_patch(Patch(mutation.patch))
-            .map_err(ReviewError::EncodePatch)?;
-    }
-    if !mutation.warnings.is_empty() {
-        response.warnings = Some(mutation.warnings.clone());
-    }
-    let body = serde_json::to_vec(&response.into_review()).map_err(ReviewError::Encode)?;
+    let uid = request.uid.as_str();
+    let body = wire::encode(uid, &mutation.patch, &mutation.warnings)?;
     let outcome = match (mutation.skipped, operations) {
         (true, _) => Outcome::Skipped,
         (false, 0) => Outcome::Unchanged,
         (false, _) => Outcome::Patched,
     };
-    let namespace = request.namespace.as_deref().unwrap_or("");
+    let namespace = request.namespace.as_ref().map_or("", wire::Str::as_str);
     Ok(Reviewed {
         body,
-        uid: request.uid.clone(),
-        object: format!("{namespace}/{}", request.name),
+        uid: uid.to_owned(),
+        object: format!("{namespace}/{}", request.name.as_str()),
         org: mutation.org,
         state: mutation.state,
         outcome,

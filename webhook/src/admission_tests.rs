@@ -2,9 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use base64::Engine as _;
 use chrono::{DateTime, TimeZone, Utc};
-use kube::core::DynamicObject;
-use kube::core::admission::AdmissionReview;
 use s2z_core::labels::{
     DECLARED_ANNOTATION, INITIAL_SCALE, MIN_SCALE, MIN_SCALE_CAMEL, MODEL_LABEL,
 };
@@ -94,11 +93,15 @@ fn create(object: &Value) -> Vec<u8> {
     request("CREATE", REVISION_GROUP, REVISION_KIND, object)
 }
 
-/// The parsed response and the object after its patch.
+/// The response as the API server reads it, and the object after its patch.
 struct Answer {
     reviewed: Reviewed,
-    response: AdmissionResponse,
     raw: Value,
+    allowed: bool,
+    uid: String,
+    /// The decoded JSON Patch bytes (`response.patch` is base64 on the wire).
+    patch: Option<Vec<u8>>,
+    warnings: Vec<String>,
     patched: Value,
 }
 
@@ -108,25 +111,46 @@ impl Answer {
     }
 
     fn warnings(&self) -> Vec<String> {
-        self.response.warnings.clone().unwrap_or_default()
+        self.warnings.clone()
     }
 }
 
 fn answer(view: &StaticView, object: &Value, body: &[u8]) -> Answer {
     let reviewed = review(body, view, now()).expect("answerable");
     let raw: Value = serde_json::from_slice(&reviewed.body).expect("response is JSON");
-    let out: AdmissionReview<DynamicObject> =
-        serde_json::from_value(raw.clone()).expect("response is an AdmissionReview");
-    let response = out.response.expect("has a response");
+    assert_eq!(raw["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(raw["kind"], "AdmissionReview");
+    let response = &raw["response"];
+    let patch = response.get("patch").map(|patch| {
+        let text = patch.as_str().expect("the patch is a base64 string");
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .expect("the patch is base64")
+    });
+    assert_eq!(
+        patch.is_some(),
+        response.get("patchType").is_some(),
+        "patchType goes with patch: {raw}"
+    );
+    let warnings: Vec<String> = match response.get("warnings") {
+        Some(w) => serde_json::from_value(w.clone()).expect("warnings are strings"),
+        None => Vec::new(),
+    };
     let mut patched = object.clone();
-    if let Some(patch) = &response.patch {
+    if let Some(patch) = &patch {
         let patch: json_patch::Patch = serde_json::from_slice(patch).expect("patch is JSON");
         json_patch::patch(&mut patched, &patch).expect("patch applies cleanly");
     }
     Answer {
+        allowed: response["allowed"].as_bool().expect("allowed is a bool"),
+        uid: response["uid"]
+            .as_str()
+            .expect("uid is a string")
+            .to_owned(),
         reviewed,
-        response,
         raw,
+        patch,
+        warnings,
         patched,
     }
 }
@@ -195,9 +219,9 @@ fn malformed_request_is_rejected() {
 fn other_kinds_are_allowed_unchanged() {
     let object = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "team-a"}});
     let answer = answer(&view(true), &object, &request("CREATE", "", "Pod", &object));
-    assert!(answer.response.allowed);
-    assert_eq!(answer.response.uid, UID);
-    assert!(answer.response.patch.is_none());
+    assert!(answer.allowed);
+    assert_eq!(answer.uid, UID);
+    assert!(answer.patch.is_none());
     assert_eq!(answer.reviewed.outcome, Outcome::Skipped);
     assert_eq!(answer.reviewed.kind, ObjectKind::Other);
     assert_eq!(answer.raw["apiVersion"], "admission.k8s.io/v1");
@@ -209,15 +233,15 @@ fn non_create_is_allowed_unchanged() {
     let object = revision("team-a", None);
     let body = request("UPDATE", REVISION_GROUP, REVISION_KIND, &object);
     let answer = answer(&view(true), &object, &body);
-    assert!(answer.response.allowed);
-    assert!(answer.response.patch.is_none());
+    assert!(answer.allowed);
+    assert!(answer.patch.is_none());
     assert_eq!(answer.reviewed.outcome, Outcome::Skipped);
 }
 
 #[test]
 fn namespaces_of_no_org_are_skipped() {
     let answer = run(&view(true), revision("elsewhere", None));
-    assert!(answer.response.patch.is_none());
+    assert!(answer.patch.is_none());
     assert!(answer.warnings().is_empty());
     assert_eq!(answer.reviewed.outcome, Outcome::Skipped);
 }
@@ -225,8 +249,8 @@ fn namespaces_of_no_org_are_skipped() {
 #[test]
 fn a_label_naming_no_org_warns() {
     let answer = run(&view(true), revision("team-d", None));
-    assert!(answer.response.allowed);
-    assert!(answer.response.patch.is_none());
+    assert!(answer.allowed);
+    assert!(answer.patch.is_none());
     assert_eq!(answer.reviewed.outcome, Outcome::Unchanged);
     let warnings = answer.warnings();
     assert!(
@@ -251,8 +275,8 @@ fn dormant_org_starts_at_zero() {
     assert!(annotations.contains_key(DECLARED_ANNOTATION));
     assert!(answer.warnings().is_empty(), "{:?}", answer.warnings());
     // Keys with "/" are escaped as "~1" in the patch paths.
-    let patch: Value = serde_json::from_slice(answer.response.patch.as_deref().unwrap_or_default())
-        .expect("patch");
+    let patch: Value =
+        serde_json::from_slice(answer.patch.as_deref().unwrap_or_default()).expect("patch");
     let paths: Vec<&str> = patch
         .as_array()
         .expect("array")
@@ -285,8 +309,8 @@ fn revision_without_annotations_gets_the_map_created() {
     let object = revision("team-a", None);
     assert!(object["metadata"].get("annotations").is_none());
     let answer = run(&view(true), object);
-    let patch: Value = serde_json::from_slice(answer.response.patch.as_deref().unwrap_or_default())
-        .expect("patch");
+    let patch: Value =
+        serde_json::from_slice(answer.patch.as_deref().unwrap_or_default()).expect("patch");
     assert_eq!(patch[0]["op"], "add");
     assert_eq!(patch[0]["path"], "/metadata/annotations");
     assert_eq!(
@@ -342,7 +366,7 @@ fn exempt_org_is_left_alone() {
         revision("team-c", Some(json!({MIN_SCALE: "0"}))),
     );
     assert_eq!(answer.reviewed.state, Some(OrgState::Exempt));
-    assert!(answer.response.patch.is_none());
+    assert!(answer.patch.is_none());
     assert_eq!(answer.reviewed.outcome, Outcome::Unchanged);
 }
 
@@ -352,7 +376,7 @@ fn reinvocation_is_a_no_op() {
         let first = run(&view(true), revision(namespace, None));
         assert_eq!(first.reviewed.outcome, Outcome::Patched);
         let second = run(&view(true), first.patched.clone());
-        assert!(second.response.patch.is_none(), "{namespace}");
+        assert!(second.patch.is_none(), "{namespace}");
         assert_eq!(second.reviewed.outcome, Outcome::Unchanged);
     }
 }
@@ -363,8 +387,8 @@ fn unparseable_annotations_are_left_with_a_warning() {
         &view(true),
         revision("team-a", Some(json!({MIN_SCALE: "abc"}))),
     );
-    assert!(answer.response.allowed);
-    assert!(answer.response.patch.is_none());
+    assert!(answer.allowed);
+    assert!(answer.patch.is_none());
     assert_eq!(answer.reviewed.outcome, Outcome::Unchanged);
     assert!(!answer.warnings().is_empty());
 
@@ -372,15 +396,15 @@ fn unparseable_annotations_are_left_with_a_warning() {
         &view(true),
         revision("team-a", Some(json!({DECLARED_ANNOTATION: "{nope"}))),
     );
-    assert!(answer.response.patch.is_none());
+    assert!(answer.patch.is_none());
     assert!(!answer.warnings().is_empty());
 }
 
 #[test]
 fn unreadable_object_is_left_with_a_warning() {
     let answer = run(&view(true), revision("team-a", Some(json!({"count": 3}))));
-    assert!(answer.response.allowed);
-    assert!(answer.response.patch.is_none());
+    assert!(answer.allowed);
+    assert!(answer.patch.is_none());
     let warnings = answer.warnings();
     assert!(
         warnings
@@ -435,4 +459,69 @@ fn annotation_patch_uses_add_replace_remove() {
         ])
     );
     assert!(annotation_patch(None, &BTreeMap::new()).is_empty());
+}
+
+#[test]
+fn the_patch_is_base64_as_admission_v1_specifies() {
+    let answer = run(&view(true), revision("team-a", None));
+    let response = &answer.raw["response"];
+    // `patch` is []byte in admission.k8s.io/v1: a base64 string in JSON, not an array.
+    assert!(response["patch"].is_string(), "{response}");
+    assert_eq!(response["patchType"], "JSONPatch");
+    assert_eq!(response["status"], json!({}));
+    assert_eq!(response["uid"], UID);
+
+    let exempt = run(&view(true), revision("team-c", None));
+    let response = exempt.raw["response"].as_object().expect("object");
+    assert!(!response.contains_key("patch") && !response.contains_key("patchType"));
+    assert!(!response.contains_key("warnings"));
+}
+
+#[test]
+fn escaped_strings_read_like_plain_ones() {
+    // Strings with escapes cannot be borrowed from the body; they must still match.
+    let object = revision("team-a", None);
+    let plain = String::from_utf8(create(&object)).expect("utf-8");
+    let escaped = plain
+        .replace(r#""namespace":"team-a""#, r#""namespace":"team\u002da""#)
+        .replace(UID, "705ab4f5\\u002d6393-11e8-b7cc-42010a800002");
+    assert_ne!(plain, escaped);
+    let answer = answer(&view(true), &object, escaped.as_bytes());
+    assert_eq!(answer.reviewed.outcome, Outcome::Patched);
+    assert_eq!(answer.uid, UID);
+    assert_eq!(answer.reviewed.object, "team-a/hello-00002");
+}
+
+#[test]
+fn fields_not_read_are_not_checked() {
+    // The object's spec, oldObject and options are skipped, whatever their shape.
+    let object = revision("team-a", None);
+    let mut body: Value = serde_json::from_slice(&create(&object)).expect("json");
+    body["request"]["oldObject"] = json!({"metadata": {"annotations": {"n": 1}}});
+    body["request"]["options"] = json!([1, 2]);
+    body["request"]["object"]["spec"] = json!("anything");
+    let answer = answer(&view(true), &object, body.to_string().as_bytes());
+    assert_eq!(answer.reviewed.outcome, Outcome::Patched);
+}
+
+#[test]
+fn required_request_fields_are_still_checked() {
+    for field in ["kind", "resource", "operation", "userInfo"] {
+        let mut body: Value =
+            serde_json::from_slice(&create(&revision("team-a", None))).expect("json");
+        body["request"]
+            .as_object_mut()
+            .expect("object")
+            .remove(field);
+        let err = review(body.to_string().as_bytes(), &view(true), now()).expect_err(field);
+        assert!(matches!(err, ReviewError::Malformed(_)), "{field}: {err}");
+    }
+}
+
+#[test]
+fn json_after_the_review_is_still_not_json() {
+    let mut body = create(&revision("team-a", None));
+    body.extend_from_slice(b" trailing");
+    let err = review(&body, &view(true), now()).expect_err("trailing garbage");
+    assert!(matches!(err, ReviewError::NotJson(_)), "{err}");
 }
