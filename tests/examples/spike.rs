@@ -546,26 +546,18 @@ impl Bench<'_> {
                 .await
                 .ok();
         }
-        let all: Api<Pod> = Api::all(self.client.clone());
+        // Until the namespaces are gone, not only their pods: the next run then starts on a
+        // quiet plane, with no deletion keeping Knative's controller busy.
         let deadline = Instant::now() + SETTLE;
         loop {
-            let left = all
-                .list(&ListParams::default().labels(REVISION))
-                .await?
-                .items
-                .iter()
-                .filter(|p| {
-                    Self::index(mode.prefix, p.metadata.namespace.as_deref().unwrap_or(""))
-                        .is_some()
-                })
-                .count();
+            let left = namespaces.list(&lp).await?.items.len();
             if left == 0 {
                 log(start, &format!("{}: cleaned up", mode.name));
                 return Ok(());
             }
             ensure!(
                 Instant::now() < deadline,
-                "{left} pods of {} left after cleanup",
+                "{left} namespaces of {} left after cleanup",
                 mode.name
             );
             tokio::time::sleep(Duration::from_secs(1)).await;

@@ -74,6 +74,8 @@ pub struct Figures {
     pub pods_started: usize,
     pub gpu_pods_started: usize,
     pub pods_scheduled: usize,
+    /// Seconds from the redeploy to each pod's scheduling.
+    pub scheduled_after: Vec<f64>,
     pub pod_seconds: f64,
     pub pod_seconds_if_scaled_down: f64,
     pub gpu_seconds: f64,
@@ -88,6 +90,7 @@ impl Figures {
             self.pods_started += 1;
             self.gpu_pods_started += usize::from(p.gpus > 0);
             self.pods_scheduled += usize::from(p.scheduled.is_some());
+            self.scheduled_after.extend(p.scheduled);
             self.pod_seconds += p.held(window);
             self.pod_seconds_if_scaled_down += p.held_if_scaled_down(window, idle);
             self.gpu_seconds += f64::from(p.gpus) * p.held(window);
@@ -142,6 +145,10 @@ pub fn table(runs: &[(&str, &BTreeMap<Group, Figures>)], window: f64, idle: f64)
             Box::new(|f| f.gpu_pods_started.to_string()),
         ),
         (
+            "seconds to pod scheduled, median / max".into(),
+            Box::new(|f| latency(&f.scheduled_after)),
+        ),
+        (
             format!("pod-seconds held in {window:.0} s (measured)"),
             Box::new(|f| format!("{:.0}", f.pod_seconds)),
         ),
@@ -165,6 +172,16 @@ pub fn table(runs: &[(&str, &BTreeMap<Group, Figures>)], window: f64, idle: f64)
         cells.push(line);
     }
     markdown(&cells)
+}
+
+/// `median / max` of the values, `-` when there are none.
+fn latency(values: &[f64]) -> String {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match (sorted.get(sorted.len() / 2), sorted.last()) {
+        (Some(median), Some(max)) => format!("{median:.1} / {max:.1}"),
+        _ => "-".into(),
+    }
 }
 
 /// A Markdown table with padded columns, first column left-aligned, the others right-aligned.
@@ -306,6 +323,7 @@ mod tests {
         );
         let text = table(&[("without s2z", &figures)], 100.0, 90.0);
         assert!(text.contains("| without s2z, dormant orgs |"), "{text}");
+        assert!(text.contains(" 0.0 / 0.0 |"), "{text}");
         assert!(
             text.lines().any(|l| l.starts_with("| pods started ")
                 && l.contains(" 2 |")
