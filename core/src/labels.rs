@@ -19,6 +19,11 @@ pub const DECLARED_ANNOTATION: &str = "s2z.dev/declared";
 /// Org annotation (RFC 3339) written by `kubectl s2z sleep`: a request to go dormant now.
 pub const SLEEP_ANNOTATION: &str = "s2z.dev/sleep-requested-at";
 
+/// Org annotation (RFC 3339) written by `kubectl s2z sweep`: a request that the controller
+/// evaluate the org now and say so in `status.lastEvaluatedAt`. The plugin writes it and the
+/// controller reads it, so both take it from here.
+pub const RECONCILE_ANNOTATION: &str = "s2z.dev/reconcile-requested-at";
+
 /// Pod label s2z puts on a pod it orphaned during defrag, naming the node being emptied; lets an
 /// interrupted defrag be resumed or aborted without guessing which pods are ours.
 pub const DEFRAG_ORPHAN_LABEL: &str = "s2z.dev/defrag-node";

@@ -16,6 +16,7 @@ use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use s2z_core::dormancy::{StateInput, org_state, parse_time};
+use s2z_core::labels::RECONCILE_ANNOTATION;
 use s2z_core::org::{Org, OrgState};
 use s2z_core::settings::Settings;
 
@@ -26,9 +27,6 @@ use crate::cluster::{self, Selection, Want};
 use crate::error::{Error, Result};
 use crate::output::{document, plural};
 pub use plan::{Change, OrgChange, RevisionChange, SweepReport, plan, render};
-
-/// Org annotation asking the controller to re-evaluate the org now.
-pub const RECONCILE_ANNOTATION: &str = "s2z.dev/reconcile-requested-at";
 
 /// Arguments of `sweep`.
 #[derive(Debug, Clone, clap::Args)]

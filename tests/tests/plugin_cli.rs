@@ -23,6 +23,7 @@ use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
     PatchParams, PostParams,
 };
+use s2z_core::labels::RECONCILE_ANNOTATION;
 use s2z_core::org::Org;
 use s2z_tests::env::eventually;
 use s2z_tests::plane::{kubectl_as, repo_root};
@@ -30,7 +31,6 @@ use s2z_tests::{Plane, TestEnv, kubectl};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
-const RECONCILE: &str = "s2z.dev/reconcile-requested-at";
 const SLEEP: &str = "s2z.dev/sleep-requested-at";
 
 // ---------------------------------------------------------------------------------------------
@@ -1010,7 +1010,7 @@ async fn sweep_dry_run_lists_flips_and_revision_changes_and_writes_nothing() -> 
         !org.metadata
             .annotations
             .unwrap_or_default()
-            .contains_key(RECONCILE)
+            .contains_key(RECONCILE_ANNOTATION)
     );
     let (revisions, _) = revisions_api(&fx.env.client, &ns);
     assert!(!written_by_plugin(
@@ -1046,7 +1046,7 @@ async fn sweep_times_out_when_no_controller_reports() -> Result<()> {
         org.metadata
             .annotations
             .unwrap_or_default()
-            .contains_key(RECONCILE),
+            .contains_key(RECONCILE_ANNOTATION),
         "the request was written"
     );
     fx.cleanup().await
@@ -1061,7 +1061,7 @@ async fn answer_sweep(client: kube::Client, org: String) -> Result<()> {
         Ok(o.metadata
             .annotations
             .unwrap_or_default()
-            .contains_key(RECONCILE)
+            .contains_key(RECONCILE_ANNOTATION)
             .then_some(()))
     })
     .await?;

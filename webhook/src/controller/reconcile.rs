@@ -13,6 +13,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use s2z_core::dormancy::{StateInput, due_at, org_state, parse_time};
+use s2z_core::labels::RECONCILE_ANNOTATION;
 use s2z_core::org::{Org, OrgState, OrgStatus};
 
 use super::plan::{Change, Workload, plan, requeue_after};
@@ -23,9 +24,6 @@ use crate::view::ClusterView;
 
 /// Field manager of the controller's writes.
 pub const FIELD_MANAGER: &str = "s2z-controller";
-/// Org annotation written by `kubectl s2z sweep`: evaluate now and say so in
-/// `status.lastEvaluatedAt`.
-pub const RECONCILE_ANNOTATION: &str = "s2z.dev/reconcile-requested-at";
 /// Patches in flight at once within one reconcile.
 const PATCH_CONCURRENCY: usize = 8;
 
