@@ -509,21 +509,28 @@ async fn defrag_moves_a_real_revision_off_a_node_on_the_real_autoscalers_actual_
     );
     // actualScale is Knative's own count of the revision's ready pods.
     wait_actual_scale(&env.client, &ns, &rev, i64::from(DECLARED)).await?;
-    defrag_support::set_cordon(&env, &nodes[1], false).await?;
-
-    let (code, stdout, stderr) = defrag_support::run(
+    let mut run = defrag_support::spawn(
         &env.plane,
         &["defrag", &nodes[0], "--yes", "--timeout", "5m"],
-    )
-    .await?;
-    ensure!(code == 0, "defrag exit {code}: {stderr}\n{stdout}");
-    for want in [
-        format!("Revision {rev} - 2 extra needed - current_scale=2 replicas=2 initial_scale=2"),
-        format!("Revision {rev} - 0 extra needed - current_scale=4 replicas=2 initial_scale=2"),
-        "Safe to defrag/remove node".to_string(),
-    ] {
-        ensure!(stdout.contains(&want), "missing {want:?} in:\n{stdout}");
-    }
+    )?;
+    // Orphaned, no replacement can run yet (node1 is cordoned): the KPA counts the 2 orphans.
+    let (_, first) = run
+        .line("the first progress line", |l| l.starts_with("Revision "))
+        .await?;
+    let want =
+        format!("Revision {rev} - 2 extra needed - current_scale=2 replicas=2 initial_scale=2");
+    ensure!(
+        first == want,
+        "first progress line {first:?}, want {want:?}"
+    );
+    defrag_support::set_cordon(&env, &nodes[1], false).await?;
+    run.line("Safe", |l| l == "Safe to defrag/remove node")
+        .await?;
+    let (status, stdout, stderr) = run.finish().await?;
+    ensure!(status.success(), "defrag {status}: {stderr}\n{stdout}");
+    let want =
+        format!("Revision {rev} - 0 extra needed - current_scale=4 replicas=2 initial_scale=2");
+    ensure!(stdout.contains(&want), "missing {want:?} in:\n{stdout}");
     // The real KPA counted the orphans with the replacements: 2 + 2.
     wait_actual_scale(&env.client, &ns, &rev, 4).await?;
 
