@@ -396,8 +396,8 @@ async fn the_same_redeploy_without_s2z_starts_the_declared_pods() -> Result<()> 
 /// empty stat for zero pods, which the collector does not record), so the decider has no data
 /// (`ErrNoData`, desiredScale -1), and its PA is Inactive/NoTraffic (kpa.go,
 /// `computeActiveCondition`: "pc.want will continue being -1 until we start receiving
-/// metrics"). Only a request through the activator brings the first stat. So on a real cluster
-/// too the declared pods come back with the first request, not with the wake.
+/// metrics"). Only a request through the activator brings the first stat. By that code, on a
+/// real cluster too the declared pods come back with the first request, not with the wake.
 #[tokio::test]
 async fn waking_restores_the_declared_scale_in_place_without_a_new_revision() -> Result<()> {
     let mut s2z = S2z::start("kn-s2z-wake").await?;
