@@ -542,6 +542,28 @@ async fn main() -> Result<()> {
             asleep += 1;
         }
     }
+    // The wakes themselves (a status write and the revision patches per org) queue behind the
+    // API server like the flip did: time until every woken org is Active again.
+    let awake = wait(
+        "every woken org Active",
+        Duration::from_secs(300),
+        || async {
+            let orgs = orgs(&org_api, &run).await?;
+            Ok(orgs
+                .iter()
+                .filter(|o| {
+                    o.metadata
+                        .name
+                        .as_deref()
+                        .and_then(|n| n.strip_prefix("bench-o"))
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .is_some_and(|i| i < args.flip)
+                })
+                .all(|o| o.status.as_ref().and_then(|s| s.state) == Some(OrgState::Active)))
+        },
+    )
+    .await;
+    let awake = awake.map(|_| start.elapsed())?;
     let written = metrics
         .get(
             "s2z_webhook_activity_writes_total",
@@ -628,8 +650,9 @@ async fn main() -> Result<()> {
         quantile(&latencies, 0.99) * 1e3
     );
     println!(
-        "| activity: lost wakes (newest accepted timestamp not recorded) / orgs not Active | {lost} / {asleep} |"
+        "| activity: lost wakes (newest accepted timestamp not recorded) / orgs not yet Active then | {lost} / {asleep} |"
     );
+    println!("| activity: every woken org Active, from the first signal | {awake:.1?} |");
     println!(
         "| activity: lastActivityAt writes / rate-limit budget ({} per org + 1 per {:?} + 1) | {written} / {budget:.0} |",
         limit.count,
