@@ -274,13 +274,7 @@ where
 async fn main() -> Result<()> {
     let args = Args::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let temp = tempfile::tempdir()?;
-    let (dir, owned) = match &args.state_dir {
-        Some(dir) => (dir.clone(), false),
-        None => (temp.path().join("plane"), true),
-    };
-    eprintln!("starting a private control plane under {}", dir.display());
-    let private = PrivatePlane::up(&dir, owned)?;
+    let (_temp, private) = PrivatePlane::for_bench(args.state_dir.as_deref())?;
     let plane = private.plane.clone();
     let client = s2z_tests::plane::client_for(&plane.admin_kubeconfig).await?;
     ensure_org_crd(&client).await?;

@@ -115,13 +115,7 @@ async fn main() -> Result<()> {
         pending: args.pending,
     };
 
-    let temp = tempfile::tempdir()?;
-    let (dir, owned) = match &args.state_dir {
-        Some(dir) => (dir.clone(), false),
-        None => (temp.path().join("plane"), true),
-    };
-    eprintln!("starting a private control plane under {}", dir.display());
-    let private = PrivatePlane::up(&dir, owned)?;
+    let (temp, private) = PrivatePlane::for_bench(args.state_dir.as_deref())?;
     let plane = private.plane.clone();
     let client = s2z_tests::plane::client_for(&plane.admin_kubeconfig).await?;
     ensure_org_crd(&client).await?;
@@ -150,7 +144,7 @@ async fn main() -> Result<()> {
     }
     let server_pids: Vec<u32> = ["kube-apiserver", "etcd"]
         .iter()
-        .filter_map(|c| pid_of(&dir, c))
+        .filter_map(|c| pid_of(private.dir(), c))
         .collect();
     let runner = Runner {
         kubectl: plane.bin_dir.join("kubectl"),

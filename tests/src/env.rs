@@ -117,3 +117,14 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The status (`"True"`, `"False"`, `"Unknown"`) of condition `type_` in an object's
+/// `status.conditions`, the Knative and Kubernetes convention.
+pub fn condition<'a>(obj: &'a serde_json::Value, type_: &str) -> Option<&'a str> {
+    obj.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?
+        .get("status")?
+        .as_str()
+}

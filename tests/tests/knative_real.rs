@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::core::GroupVersionKind;
 use s2z_tests::Plane;
-use s2z_tests::env::eventually;
+use s2z_tests::env::{condition, eventually};
 use s2z_tests::plane::knative_cluster;
 use serde_json::{Value, json};
 
@@ -112,15 +112,6 @@ impl KnEnv {
             .await
             .ok();
     }
-}
-
-fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a str> {
-    obj.pointer("/status/conditions")?
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)?
-        .get("status")?
-        .as_str()
 }
 
 fn annotation<'a>(obj: &'a DynamicObject, key: &str) -> Option<&'a str> {

@@ -29,10 +29,10 @@ use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams}
 use kube::core::GroupVersionKind;
 use s2z_core::labels::{DECLARED_ANNOTATION, INITIAL_SCALE, MIN_SCALE, SLEEP_ANNOTATION};
 use s2z_core::org::OrgState;
-use s2z_tests::env::eventually;
+use s2z_tests::env::{condition, eventually};
 use s2z_tests::webhook::{WebhookProcess, delete_mwc, register_mwc};
 use s2z_tests::{TestEnv, kubectl};
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// Bounds a broken run only; on a healthy plane each wait ends within seconds.
 const WAIT: Duration = Duration::from_secs(90);
@@ -107,15 +107,6 @@ async fn apply_model(
         .await
         .with_context(|| format!("failed to apply ksvc {ns}/{MODEL} generation {generation}"))?;
     Ok(())
-}
-
-fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a str> {
-    obj.pointer("/status/conditions")?
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)?
-        .get("status")?
-        .as_str()
 }
 
 fn annotation(obj: &DynamicObject, key: &str) -> Option<String> {

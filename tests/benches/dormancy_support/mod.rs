@@ -34,6 +34,26 @@ pub struct PrivatePlane {
 }
 
 impl PrivatePlane {
+    /// The bench's plane: reused (and kept) under `state_dir` when given, otherwise started in a
+    /// temporary directory that lives as long as the returned guard, and stopped on drop. Bind the
+    /// guard first (`let (_temp, plane) = ...`) so that the plane is stopped before it is removed.
+    pub fn for_bench(state_dir: Option<&Path>) -> Result<(tempfile::TempDir, Self)> {
+        let temp = tempfile::tempdir()?;
+        let (dir, owned) = match state_dir {
+            Some(dir) => (dir.to_path_buf(), false),
+            None => (temp.path().join("plane"), true),
+        };
+        eprintln!("starting a private control plane under {}", dir.display());
+        let plane = Self::up(&dir, owned)?;
+        Ok((temp, plane))
+    }
+
+    /// The plane's state dir.
+    #[allow(dead_code, reason = "the status bench reads it; this module is shared")]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Starts a plane with no nodes under `dir`, or reuses a plane already running there.
     pub fn up(dir: &Path, owned: bool) -> Result<Self> {
         let launcher = repo_root().join("tests/cluster/bin/s2z-cluster");
