@@ -26,6 +26,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
 use s2z_tests::TestEnv;
 use s2z_tests::env::eventually;
+use s2z_tests::nodes::GPU_PRODUCT;
 use serde_json::{Value, json};
 
 const SAFE: &str = "Safe to defrag/remove node";

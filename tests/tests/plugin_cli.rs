@@ -320,24 +320,10 @@ fn names(report: &Value) -> Vec<String> {
 // ---------------------------------------------------------------------------------------------
 // status
 
-/// A private fake node with GPUs, tainted so nothing else lands on it.
+/// A private fake node with 8 GPUs, tainted so nothing else lands on it.
 async fn gpu_node(env: &TestEnv) -> Result<String> {
-    let nodes: Api<Node> = Api::all(env.client.clone());
-    let name = env.name("gpu");
-    let node: Node = serde_json::from_value(json!({
-        "metadata": {
-            "name": name,
-            "annotations": {"kwok.x-k8s.io/node": "fake"},
-            "labels": {"type": "kwok", "s2z.dev/test": env.id, "kubernetes.io/hostname": name},
-        },
-        "spec": {"taints": [{"key": "s2z.dev/test", "value": env.id, "effect": "NoSchedule"}]},
-        "status": {
-            "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110", "nvidia.com/gpu": "8"},
-            "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110", "nvidia.com/gpu": "8"},
-        },
-    }))?;
-    nodes.create(&PostParams::default(), &node).await?;
-    Ok(name)
+    let names = s2z_tests::nodes::private_nodes(env, &[8], &[]).await?;
+    names.into_iter().next().context("no node created")
 }
 
 /// A running revision pod holding `gpus` GPUs on `node`.

@@ -9,60 +9,14 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use s2z_tests::env::eventually;
+use s2z_tests::nodes::{delete_nodes, private_nodes};
 use s2z_tests::{TestEnv, kubectl, plane::kubectl_as, tls::TestCert};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Two private, tainted fake nodes, so cordoning one cannot disturb any other test.
-async fn private_nodes(env: &TestEnv, count: usize) -> Result<Vec<String>> {
-    let nodes = Api::<Node>::all(env.client.clone());
-    let mut names = Vec::new();
-    for i in 0..count {
-        let name = env.name(&format!("node{i}"));
-        let node: Node = serde_json::from_value(json!({
-            "metadata": {
-                "name": name,
-                "annotations": {"kwok.x-k8s.io/node": "fake"},
-                "labels": {"type": "kwok", "s2z.dev/test": env.id, "kubernetes.io/hostname": name},
-            },
-            "spec": {"taints": [{"key": "s2z.dev/test", "value": env.id, "effect": "NoSchedule"}]},
-            "status": {
-                "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110", "nvidia.com/gpu": "8"},
-                "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110", "nvidia.com/gpu": "8"},
-            },
-        }))?;
-        nodes
-            .create(&PostParams::default(), &node)
-            .await
-            .with_context(|| format!("create node {name}"))?;
-        names.push(name);
-    }
-    for name in &names {
-        eventually(&format!("node {name} Ready"), WAIT, || async {
-            let n = nodes.get(name).await?;
-            let ready = n
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            Ok(ready.then_some(()))
-        })
-        .await?;
-    }
-    Ok(names)
-}
-
-async fn delete_nodes(env: &TestEnv, names: &[String]) {
-    let nodes = Api::<Node>::all(env.client.clone());
-    for n in names {
-        nodes.delete(n, &DeleteParams::default()).await.ok();
-    }
-}
 
 fn deployment(env: &TestEnv, name: &str, replicas: i32) -> Result<Deployment> {
     Ok(serde_json::from_value(json!({
@@ -96,7 +50,7 @@ fn pod_ready(p: &Pod) -> bool {
 async fn deployment_pods_run_on_fake_nodes_and_cordon_keeps_new_pods_off() -> Result<()> {
     let mut env = TestEnv::new("smoke-sched").await?;
     let ns = env.namespace("ns", &[]).await?;
-    let nodes = private_nodes(&env, 2).await?;
+    let nodes = private_nodes(&env, &[8, 8], &[]).await?;
     let pods = Api::<Pod>::namespaced(env.client.clone(), &ns);
     let deploys = Api::<Deployment>::namespaced(env.client.clone(), &ns);
 
@@ -165,7 +119,7 @@ async fn deployment_pods_run_on_fake_nodes_and_cordon_keeps_new_pods_off() -> Re
 async fn removing_pod_template_hash_makes_the_replicaset_replace_the_pod() -> Result<()> {
     let mut env = TestEnv::new("smoke-orphan").await?;
     let ns = env.namespace("ns", &[]).await?;
-    let nodes = private_nodes(&env, 1).await?;
+    let nodes = private_nodes(&env, &[8], &[]).await?;
     let pods = Api::<Pod>::namespaced(env.client.clone(), &ns);
     let deploys = Api::<Deployment>::namespaced(env.client.clone(), &ns);
     deploys

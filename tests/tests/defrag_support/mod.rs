@@ -15,8 +15,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
-    PatchParams, PostParams,
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
 };
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
@@ -37,7 +36,7 @@ pub const REVISION_UID: &str = "serving.knative.dev/revisionUID";
 /// The label s2z puts on orphans.
 pub const ORPHAN_LABEL: &str = "s2z.dev/defrag-node";
 /// The GPU model the private nodes advertise.
-pub const GPU_PRODUCT: &str = "NVIDIA-H100-80GB-HBM3";
+pub use s2z_tests::nodes::{delete_nodes, private_nodes};
 
 /// Knative's PodAutoscaler.
 pub fn pa_resource() -> ApiResource {
@@ -71,60 +70,6 @@ pub fn plugin_dir() -> Result<PathBuf> {
         );
     }
     Ok(dir)
-}
-
-/// Private fake GPU nodes, tainted and labelled with the test's id so that nothing else lands on
-/// them and cordoning one disturbs no other test. `cordoned[i]` creates node i unschedulable,
-/// which is how tests steer where pods land.
-pub async fn private_nodes(env: &TestEnv, gpus: &[u32], cordoned: &[bool]) -> Result<Vec<String>> {
-    let nodes = Api::<Node>::all(env.client.clone());
-    let mut names = Vec::new();
-    for (i, gpu) in gpus.iter().enumerate() {
-        let name = env.name(&format!("node{i}"));
-        let node: Node = serde_json::from_value(json!({
-            "metadata": {
-                "name": name,
-                "annotations": {"kwok.x-k8s.io/node": "fake"},
-                "labels": {"type": "kwok", "s2z.dev/test": env.id, "kubernetes.io/hostname": name,
-                           "nvidia.com/gpu.product": GPU_PRODUCT},
-            },
-            "spec": {
-                "unschedulable": cordoned.get(i).copied().unwrap_or(false),
-                "taints": [{"key": "s2z.dev/test", "value": env.id, "effect": "NoSchedule"}],
-            },
-            "status": {
-                "capacity": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": gpu.to_string()},
-                "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": gpu.to_string()},
-            },
-        }))?;
-        nodes
-            .create(&PostParams::default(), &node)
-            .await
-            .with_context(|| format!("create node {name}"))?;
-        names.push(name);
-    }
-    for name in &names {
-        eventually(&format!("node {name} Ready"), WAIT, || async {
-            let n = nodes.get(name).await?;
-            let ready = n
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            Ok(ready.then_some(()))
-        })
-        .await?;
-    }
-    Ok(names)
-}
-
-/// Deletes the test's nodes.
-pub async fn delete_nodes(env: &TestEnv, names: &[String]) {
-    let nodes = Api::<Node>::all(env.client.clone());
-    for n in names {
-        nodes.delete(n, &DeleteParams::default()).await.ok();
-    }
 }
 
 /// Sets a node's `spec.unschedulable`.
