@@ -17,7 +17,7 @@ use s2z_core::defrag_plan::{
 
 use super::act::{self, PodOutcome};
 use super::error::{DefragError, is_status};
-use super::inventory::{self, NodeFacts, PodFacts, plugin_error};
+use super::inventory::{self, NodeFacts, PodFacts};
 use super::output::{API_VERSION, Printer};
 use super::wait::{self, End, Line, Watched};
 use super::{DefragArgs, Interrupt, Outcome, confirm};
@@ -64,7 +64,7 @@ pub async fn orphans_of(cluster: &Cluster, node: &str) -> Result<Vec<PodFacts>, 
     let pods: Vec<k8s_openapi::api::core::v1::Pod> =
         list_all(cluster, &req, "/api/v1/pods", &lp, Shape::Full)
             .await
-            .map_err(|e| plugin_error(cluster, e))?;
+            .map_err(DefragError::from)?;
     Ok(pods
         .iter()
         .map(PodFacts::from_pod)

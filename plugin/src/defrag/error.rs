@@ -200,10 +200,17 @@ impl DefragError {
         }
     }
 
-    /// Maps a client error for `req`: 403 becomes [`DefragError::Forbidden`], the rest goes
-    /// through the plugin's shared mapping.
+    /// Maps a client error for `req` through the plugin's shared mapping (see the `From` below).
     pub fn api(cluster: &Cluster, req: &Req, err: kube::Error) -> Self {
-        match req.error(cluster, err) {
+        req.error(cluster, err).into()
+    }
+}
+
+/// The plugin's errors as defrag's: a 403 stays distinct ([`DefragError::Forbidden`]) so that
+/// defrag can say which permission it lacks and that nothing was changed.
+impl From<PluginError> for DefragError {
+    fn from(error: PluginError) -> Self {
+        match error {
             PluginError::Forbidden {
                 what,
                 verb,

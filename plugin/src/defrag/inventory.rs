@@ -333,28 +333,8 @@ pub async fn pods_on(cluster: &Cluster, node: &str) -> Result<Vec<Pod>, DefragEr
     let lp = ListParams::default().fields(&format!("spec.nodeName={node}"));
     let pods: Vec<Pod> = list_all(cluster, &req, "/api/v1/pods", &lp, Shape::Full)
         .await
-        .map_err(|e| plugin_error(cluster, e))?;
+        .map_err(DefragError::from)?;
     Ok(pods.into_iter().filter(|p| !finished(p)).collect())
-}
-
-/// Maps a plugin error from the shared list helper into defrag's, keeping 403s distinct.
-pub fn plugin_error(_cluster: &Cluster, e: crate::error::Error) -> DefragError {
-    match e {
-        crate::error::Error::Forbidden {
-            what,
-            verb,
-            resource,
-            namespace,
-            why,
-        } => DefragError::Forbidden {
-            what,
-            verb,
-            resource,
-            namespace,
-            why,
-        },
-        other => DefragError::Cluster(other),
-    }
 }
 
 /// Every PodDisruptionBudget in the cluster.
@@ -368,7 +348,7 @@ pub async fn budgets(cluster: &Cluster) -> Result<Vec<PodDisruptionBudget>, Defr
         Shape::Full,
     )
     .await
-    .map_err(|e| plugin_error(cluster, e))
+    .map_err(DefragError::from)
 }
 
 /// Adds a [`Blocker::Pdb`] to each pod selected by a budget that allows no disruption now.

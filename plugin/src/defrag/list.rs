@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::Outcome;
 use super::error::DefragError;
-use super::inventory::{self, NodeFacts, PodFacts, add_budget_blockers, plugin_error};
+use super::inventory::{self, NodeFacts, PodFacts, add_budget_blockers};
 use super::output::{API_VERSION, Printer};
 use crate::client::{Cluster, Req, Shape, list_all};
 use crate::output::{Cell, Style, age_between, table};
@@ -70,7 +70,7 @@ pub async fn orphans(
         Shape::Full,
     )
     .await
-    .map_err(|e| plugin_error(cluster, e))?;
+    .map_err(DefragError::from)?;
     let facts: Vec<PodFacts> = pods
         .iter()
         .map(PodFacts::from_pod)
@@ -225,7 +225,7 @@ pub async fn candidates(
         Shape::Full,
     )
     .await
-    .map_err(|e| plugin_error(cluster, e))?;
+    .map_err(DefragError::from)?;
     let pod_lp = ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed");
     let (pods, budgets) = futures::try_join!(
         async {
@@ -237,7 +237,7 @@ pub async fn candidates(
                 Shape::Full,
             )
             .await
-            .map_err(|e| plugin_error(cluster, e))
+            .map_err(DefragError::from)
         },
         inventory::budgets(cluster)
     )?;
