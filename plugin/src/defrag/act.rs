@@ -150,41 +150,20 @@ async fn reread(cluster: &Cluster, pod: &PodFacts) -> Result<Option<PodFacts>, D
     }
 }
 
-/// Orphans one pod from its ReplicaSet (seed 002).
-pub async fn orphan(
+/// Applies the guarded patch `plan` makes for the pod as last read, re-reading and re-planning
+/// when the guard (uid + resourceVersion) refuses it, up to [`ATTEMPTS`] times. `plan` returns
+/// `Err(outcome)` when the pod, as it is now, should be left alone.
+async fn patch_guarded(
     cluster: &Cluster,
     pod: &PodFacts,
-    node: &str,
-    initial_replicas: i64,
+    mut plan: impl FnMut(&PodFacts) -> Result<Value, PodOutcome>,
 ) -> Result<PodOutcome, DefragError> {
     let mut current = pod.clone();
     for _ in 0..ATTEMPTS {
-        if current.orphan.is_some() {
-            return Ok(PodOutcome::Skipped("already orphaned".into()));
-        }
-        if !current.to_orphan() {
-            return Ok(PodOutcome::Skipped(format!(
-                "it changed: {}",
-                super::output::action(&current)
-            )));
-        }
-        let (owner, owner_uid) = current.replica_set.clone().unwrap_or_default();
-        let stamp = now();
-        let patch = orphan_patch(&OrphanFacts {
-            uid: &current.uid,
-            resource_version: &current.resource_version,
-            has_annotations: !current.annotations.is_empty(),
-            has_owner_references: current.has_owner_references,
-            hash: current
-                .labels
-                .get(s2z_core::labels::POD_TEMPLATE_HASH_LABEL)
-                .map(String::as_str),
-            node,
-            owner: &owner,
-            owner_uid: &owner_uid,
-            initial_replicas,
-            now: &stamp,
-        });
+        let patch = match plan(&current) {
+            Ok(patch) => patch,
+            Err(outcome) => return Ok(outcome),
+        };
         if json_patch(cluster, &current, patch).await?.is_some() {
             return Ok(PodOutcome::Done);
         }
@@ -198,34 +177,62 @@ pub async fn orphan(
     )))
 }
 
+/// Orphans one pod from its ReplicaSet (seed 002).
+pub async fn orphan(
+    cluster: &Cluster,
+    pod: &PodFacts,
+    node: &str,
+    initial_replicas: i64,
+) -> Result<PodOutcome, DefragError> {
+    patch_guarded(cluster, pod, |current| {
+        if current.orphan.is_some() {
+            return Err(PodOutcome::Skipped("already orphaned".into()));
+        }
+        if !current.to_orphan() {
+            return Err(PodOutcome::Skipped(format!(
+                "it changed: {}",
+                super::output::action(current)
+            )));
+        }
+        let (owner, owner_uid) = current.replica_set.clone().unwrap_or_default();
+        let stamp = now();
+        Ok(orphan_patch(&OrphanFacts {
+            uid: &current.uid,
+            resource_version: &current.resource_version,
+            has_annotations: !current.annotations.is_empty(),
+            has_owner_references: current.has_owner_references,
+            hash: current
+                .labels
+                .get(s2z_core::labels::POD_TEMPLATE_HASH_LABEL)
+                .map(String::as_str),
+            node,
+            owner: &owner,
+            owner_uid: &owner_uid,
+            initial_replicas,
+            now: &stamp,
+        }))
+    })
+    .await
+}
+
 /// Hands an orphan back: restores its `pod-template-hash` so its ReplicaSet adopts it.
 pub async fn restore(cluster: &Cluster, pod: &PodFacts) -> Result<PodOutcome, DefragError> {
-    let mut current = pod.clone();
-    for _ in 0..ATTEMPTS {
-        let Some(record) = current.orphan.clone() else {
-            return Ok(PodOutcome::Skipped("no longer an s2z orphan".into()));
+    patch_guarded(cluster, pod, |current| {
+        let Some(record) = current.orphan.as_ref() else {
+            return Err(PodOutcome::Skipped("no longer an s2z orphan".into()));
         };
         if current.terminating {
-            return Ok(PodOutcome::Skipped("it is being deleted".into()));
+            return Err(PodOutcome::Skipped("it is being deleted".into()));
         }
-        let patch = restore_patch(&RestoreFacts {
+        Ok(restore_patch(&RestoreFacts {
             uid: &current.uid,
             resource_version: &current.resource_version,
             hash: &record.hash,
             labels: &current.labels,
             annotations: &current.annotations,
-        });
-        if json_patch(cluster, &current, patch).await?.is_some() {
-            return Ok(PodOutcome::Done);
-        }
-        match reread(cluster, &current).await? {
-            Some(fresh) => current = fresh,
-            None => return Ok(PodOutcome::Skipped("it was deleted".into())),
-        }
-    }
-    Ok(PodOutcome::Skipped(format!(
-        "it kept changing ({ATTEMPTS} attempts)"
-    )))
+        }))
+    })
+    .await
 }
 
 /// Deletes a surplus orphan, only if it is still the same pod.
