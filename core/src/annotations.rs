@@ -36,6 +36,13 @@ pub const MANAGED_KEYS: [&str; 6] = [
     RETENTION_KEYS[1],
 ];
 
+/// Whether an annotation can change the decision: only Knative's autoscaling annotations and
+/// s2z's record of the declared values do. A caller may hand [`decide`] just these (the webhook
+/// keeps only these when it reads a revision) and gets the same decision.
+pub fn is_decision_input(key: &str) -> bool {
+    key.starts_with(AUTOSCALING_PREFIX) || key == DECLARED_ANNOTATION
+}
+
 /// Everything the decision depends on.
 #[derive(Debug, Clone, Copy)]
 pub struct DecisionInput<'a> {
@@ -45,7 +52,8 @@ pub struct DecisionInput<'a> {
     pub allow_zero_initial_scale: bool,
     /// The org's scale-down window, if it has one.
     pub scale_down_window: Option<Duration>,
-    /// The revision's current `metadata.annotations`.
+    /// The revision's current `metadata.annotations`, all of them or only those for which
+    /// [`is_decision_input`] holds.
     pub annotations: &'a BTreeMap<String, String>,
 }
 

@@ -1,12 +1,18 @@
 //! Benchmark of `POST /mutate` over TLS with keep-alive, against the production server
 //! (`server::serve_tls` + `server::tls_router`, the real cert reloader and the real watch stores)
-//! filled with 10,000 orgs and their namespaces instead of a cluster. `GET /noop` of the same
-//! server, measured in the same run, is the baseline.
+//! filled with 10,000 orgs and their namespaces instead of a cluster.
 //!
+//! - Baseline: `POST /noop` of the same server, in the same run: a webhook that reads the same
+//!   AdmissionReview bytes and answers without looking at them. `GET /noop` (no body) is
+//!   reported too, as the floor of TLS + HTTP.
 //! - Open loop: requests are put on a fixed timetable (500, 2,000, 5,000 req/s) by a thread of
 //!   their own and latency is measured from the *scheduled* send time, so a slow response
 //!   delays no measurement (no coordinated omission).
-//! - Closed loop: 16 keep-alive connections send back to back; the maximum req/s.
+//! - Closed loop: 16 keep-alive connections send back to back; the maximum req/s, in rounds
+//!   (every endpoint in turn, 3 times), medians reported.
+//! - Calibration: `POST /bench/busy/{5,10}` (bench-only) read the same reviews and spin 5 or
+//!   10 µs before answering: what any handler that spends that much CPU costs in this harness,
+//!   where the load generator shares the server's 2 cores.
 //! - Resident memory (VmRSS) before and after the caches hold 10,000 orgs.
 //!
 //! Run: `make bench-webhook` (`cargo bench -p s2z-webhook --bench mutate -- [--duration 5]`).
@@ -67,10 +73,25 @@ struct Args {
     /// `perf record`.
     #[arg(long, hide = true)]
     profile_review: Option<u64>,
+    /// Closed-loop rounds: every endpoint in turn, this many times; medians are reported, so
+    /// that a burst of other load on the machine skews one round, not the result.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Calibration: closed-loop runs of a bench-only endpoint that reads the review and spins
+    /// this many µs before answering, to show what any handler's CPU time costs in this harness.
+    #[arg(long, value_delimiter = ',', default_values_t = [5, 10])]
+    busy: Vec<u64>,
+    /// Only measure endpoints whose name contains one of these (`GET`, `POST /noop`, `mutate`,
+    /// `busy`), e.g. under `perf record`.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
 }
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<()> {
     let args = Args::parse();
@@ -368,14 +389,19 @@ async fn start_server(
     let state: SharedState = AppState::new(offline_client(), caches, metrics, registry);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    // A second baseline, bench-only: the same AdmissionReview bytes POSTed and discarded, so
-    // that the difference to /mutate is the admission decision alone.
+    // Bench-only calibration: the same review read, then `us` µs of busy work, then an answer.
     let router = server::tls_router(state).merge(axum::Router::new().route(
-        "/bench/echo",
-        axum::routing::post(|body: Bytes| async move {
-            std::hint::black_box(body);
-            r#"{"ok":true}"#
-        }),
+        "/bench/busy/{us}",
+        axum::routing::post(
+            |axum::extract::Path(us): axum::extract::Path<u64>, body: Bytes| async move {
+                let until = Instant::now() + Duration::from_micros(us);
+                while Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+                std::hint::black_box(body);
+                r#"{"ok":true}"#
+            },
+        ),
     ));
     tokio::spawn(server::serve_tls(
         listener,
@@ -509,18 +535,20 @@ fn review(i: usize, n: usize, model: bool) -> Value {
     })
 }
 
-/// The /mutate bodies, POSTed to the bench-only `/bench/echo`.
-fn echo_requests(mutate: &[Req]) -> Vec<Req> {
+/// The /mutate bodies POSTed to `path`: `/noop`, the baseline, a webhook that reads the review
+/// and answers without looking at it, or a calibration endpoint.
+fn same_bodies(mutate: &[Req], path: &'static str) -> Vec<Req> {
     mutate
         .iter()
         .map(|req| Req {
-            path: "/bench/echo",
+            path,
             ..req.clone()
         })
         .collect()
 }
 
-fn noop_requests() -> Vec<Req> {
+/// `GET /noop`: no body at all, the floor of TLS + HTTP on this machine.
+fn bodiless_noop() -> Vec<Req> {
     vec![Req {
         method: axum::http::Method::GET,
         path: "/noop",
@@ -873,32 +901,98 @@ async fn closed_loop(
 }
 
 struct Report {
+    /// Open-loop runs.
     runs: Vec<Run>,
+    /// Closed-loop runs, every round.
+    closed: Vec<Run>,
     checked: String,
 }
+
+impl Report {
+    /// The closed-loop run of `endpoint` with the median throughput of the rounds.
+    fn median_closed(&self, endpoint: &str) -> Option<&Run> {
+        let mut runs: Vec<&Run> = self
+            .closed
+            .iter()
+            .filter(|r| r.endpoint == endpoint)
+            .collect();
+        runs.sort_by(|a, b| a.throughput().total_cmp(&b.throughput()));
+        runs.get(runs.len() / 2).copied()
+    }
+
+    /// The median over rounds of `endpoint`'s throughput as a percentage of `baseline`'s in the
+    /// same round.
+    fn median_ratio(&self, endpoint: &str, baseline: &str) -> Option<f64> {
+        let of = |name: &str| -> Vec<f64> {
+            self.closed
+                .iter()
+                .filter(|r| r.endpoint == name)
+                .map(Run::throughput)
+                .collect()
+        };
+        let mut ratios: Vec<f64> = of(endpoint)
+            .into_iter()
+            .zip(of(baseline))
+            .filter(|(_, b)| *b > 0.0)
+            .map(|(a, b)| 100.0 * a / b)
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        ratios.get(ratios.len() / 2).copied()
+    }
+
+    /// Every round's throughput of `endpoint`, for the report.
+    fn rounds(&self, endpoint: &str) -> String {
+        self.closed
+            .iter()
+            .filter(|r| r.endpoint == endpoint)
+            .map(|r| format!("{:.0}", r.throughput()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Endpoint names of the report.
+const GET_NOOP: &str = "GET /noop";
+const POST_NOOP: &str = "POST /noop";
+const MUTATE: &str = "POST /mutate";
 
 async fn run(args: &Args, addr: SocketAddr, cert_pem: &str) -> Result<Report> {
     let connector = Connector::new(addr, cert_pem)?;
     let mutate = Arc::new(mutate_requests(args.orgs));
-    let noop = Arc::new(noop_requests());
-    let echo = Arc::new(echo_requests(&mutate));
-    let endpoints = [
-        ("GET /noop", &noop),
-        ("POST /bench/echo", &echo),
-        ("POST /mutate", &mutate),
-    ];
+    let selected =
+        |name: &str| args.only.is_empty() || args.only.iter().any(|o| name.contains(o.as_str()));
+    // Measured open and closed loop: the baselines and /mutate.
+    let endpoints: Vec<(&'static str, Arc<Vec<Req>>)> = [
+        (GET_NOOP, Arc::new(bodiless_noop())),
+        (POST_NOOP, Arc::new(same_bodies(&mutate, "/noop"))),
+        (MUTATE, mutate.clone()),
+    ]
+    .into_iter()
+    .filter(|(name, _)| selected(name))
+    .collect();
+    // Closed loop only: the calibration. A few names, leaked once: the report borrows them.
+    let busy: Vec<(&'static str, Arc<Vec<Req>>)> = args
+        .busy
+        .iter()
+        .map(|us| {
+            let path: &'static str = Box::leak(format!("/bench/busy/{us}").into_boxed_str());
+            let name: &'static str = Box::leak(format!("POST {path}").into_boxed_str());
+            (name, Arc::new(same_bodies(&mutate, path)))
+        })
+        .filter(|(name, _)| selected(name))
+        .collect();
     let checked = check_answers(&connector, &mutate).await?;
     let duration = Duration::from_secs(args.duration);
 
-    // Warm up both paths (allocator, caches, branch predictors), unmeasured.
+    // Warm up every path (allocator, caches, branch predictors), unmeasured.
     let warm = Duration::from_secs(1);
-    for (endpoint, requests) in endpoints {
+    for (endpoint, requests) in endpoints.iter().chain(&busy) {
         closed_loop(&connector, endpoint, requests, warm, args.connections).await?;
     }
 
     let mut runs = Vec::new();
     for &rate in &args.rates {
-        for (endpoint, requests) in endpoints {
+        for (endpoint, requests) in &endpoints {
             let run = open_loop(
                 &connector,
                 endpoint,
@@ -909,22 +1003,31 @@ async fn run(args: &Args, addr: SocketAddr, cert_pem: &str) -> Result<Report> {
             )
             .await?;
             eprintln!(
-                "  {endpoint:16} open {rate:>5}/s  p50 {:>6} µs  p99 {:>6} µs",
+                "  {endpoint:20} open {rate:>5}/s  p50 {:>6} µs  p99 {:>6} µs",
                 run.latency.p50, run.latency.p99
             );
             runs.push(run);
         }
     }
-    for (endpoint, requests) in endpoints {
-        let run = closed_loop(&connector, endpoint, requests, duration, args.connections).await?;
-        eprintln!(
-            "  {endpoint:16} closed {} conn  {:.0} req/s",
-            args.connections,
-            run.throughput()
-        );
-        runs.push(run);
+    // Rounds, each endpoint in turn, so that every endpoint sees the same spread of machine load.
+    let mut closed = Vec::new();
+    for round in 1..=args.rounds.max(1) {
+        for (endpoint, requests) in endpoints.iter().chain(&busy) {
+            let run =
+                closed_loop(&connector, endpoint, requests, duration, args.connections).await?;
+            eprintln!(
+                "  {endpoint:20} closed {} conn, round {round}  {:.0} req/s",
+                args.connections,
+                run.throughput()
+            );
+            closed.push(run);
+        }
     }
-    Ok(Report { runs, checked })
+    Ok(Report {
+        runs,
+        closed,
+        checked,
+    })
 }
 
 /// Before measuring, checks that /mutate answers as it should: dormant orgs' revisions get a
@@ -974,10 +1077,11 @@ fn ms(us: u32) -> String {
 fn print_report(args: &Args, report: &Report, memory: Memory, review_cost: Duration) {
     println!();
     println!(
-        "s2z-webhook /mutate benchmark: TLS 1.3, HTTP/1.1 keep-alive, {} orgs cached, server {} worker threads, {} s per run, logging {}",
+        "s2z-webhook /mutate benchmark: TLS 1.3, HTTP/1.1 keep-alive, {} orgs cached, server {} worker threads, {} s per run, {} closed-loop rounds, logging {}",
         args.orgs,
         args.server_threads,
         args.duration,
+        args.rounds,
         if args.log {
             "on (JSON at info, sink)"
         } else {
@@ -991,16 +1095,28 @@ fn print_report(args: &Args, report: &Report, memory: Memory, review_cost: Durat
     );
     println!();
     println!(
-        "| endpoint         | load             | done   | err | req/s   | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | p99 service ms | srv CPU µs/req | srv wait µs/req |"
+        "| endpoint             | load                  | done   | err | req/s   | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | p99 service ms | srv CPU µs/req | srv wait µs/req |"
     );
     println!(
-        "|------------------|------------------|--------|-----|---------|--------|--------|--------|----------|--------|----------------|----------------|-----------------|"
+        "|----------------------|-----------------------|--------|-----|---------|--------|--------|--------|----------|--------|----------------|----------------|-----------------|"
     );
-    for run in &report.runs {
+    let mut names: Vec<&str> = Vec::new();
+    for run in &report.closed {
+        if !names.contains(&run.endpoint) {
+            names.push(run.endpoint);
+        }
+    }
+    let medians = names.iter().filter_map(|name| report.median_closed(name));
+    for run in report.runs.iter().chain(medians) {
+        let mode = if run.mode.starts_with("closed") {
+            format!("{} (median)", run.mode)
+        } else {
+            run.mode.clone()
+        };
         println!(
-            "| {:16} | {:16} | {:>6} | {:>3} | {:>7.0} | {:>6} | {:>6} | {:>6} | {:>8} | {:>6} | {:>14} | {:>14.0} | {:>15.0} |",
+            "| {:20} | {:21} | {:>6} | {:>3} | {:>7.0} | {:>6} | {:>6} | {:>6} | {:>8} | {:>6} | {:>14} | {:>14.0} | {:>15.0} |",
             run.endpoint,
-            run.mode,
+            mode,
             run.completed,
             run.errors,
             run.throughput(),
@@ -1014,52 +1130,52 @@ fn print_report(args: &Args, report: &Report, memory: Memory, review_cost: Durat
             run.wait_per_request(),
         );
     }
-    let closed = |endpoint: &str| {
-        report
-            .runs
-            .iter()
-            .find(|r| r.endpoint == endpoint && r.mode.starts_with("closed"))
-            .map(Run::throughput)
-            .unwrap_or(0.0)
-    };
-    let (mutate, noop, echo) = (
-        closed("POST /mutate"),
-        closed("GET /noop"),
-        closed("POST /bench/echo"),
-    );
-    let percent = |a: f64, b: f64| if b > 0.0 { 100.0 * a / b } else { 0.0 };
     println!();
     println!(
-        "max throughput: /mutate {mutate:.0} req/s, GET /noop {noop:.0} req/s: ratio {:.1}% (target >= 80%)",
-        percent(mutate, noop)
+        "max throughput, closed loop, {} connections, median of {} rounds (req/s of each round):",
+        args.connections, args.rounds
     );
-    println!(
-        "                same bytes POSTed to /bench/echo {echo:.0} req/s: /mutate is {:.1}% of it",
-        percent(mutate, echo)
-    );
+    for name in &names {
+        let ratio = |baseline: &str| {
+            report
+                .median_ratio(name, baseline)
+                .map_or("-".to_owned(), |r| format!("{r:.1}%"))
+        };
+        println!(
+            "  {name:20} {:>7.0} req/s  = {:>6} of POST /noop, {:>6} of GET /noop   ({})",
+            report.median_closed(name).map_or(0.0, Run::throughput),
+            ratio(POST_NOOP),
+            ratio(GET_NOOP),
+            report.rounds(name),
+        );
+    }
+    if let Some(ratio) = report.median_ratio(MUTATE, POST_NOOP) {
+        println!(
+            "target: /mutate >= 80% of the no-op webhook (POST /noop, same reviews): {ratio:.1}%"
+        );
+    }
     let cpu = |endpoint: &str| {
+        report
+            .median_closed(endpoint)
+            .map_or(0.0, Run::cpu_per_request)
+    };
+    let (mutate_cpu, noop_cpu) = (cpu(MUTATE), cpu(POST_NOOP));
+    println!(
+        "server CPU per request (closed loop, median round): /mutate {mutate_cpu:.0} µs, POST /noop {noop_cpu:.0} µs: on 2 dedicated cores the server alone would top out near {:.0} and {:.0} req/s",
+        2e6 / mutate_cpu.max(1.0),
+        2e6 / noop_cpu.max(1.0),
+    );
+    let p99_at = |endpoint: &str, mode: &str| {
         report
             .runs
             .iter()
-            .find(|r| r.endpoint == endpoint && r.mode.starts_with("closed"))
-            .map(Run::cpu_per_request)
-            .unwrap_or(0.0)
+            .find(|r| r.endpoint == endpoint && r.mode == mode)
+            .map(|r| ms(r.latency.p99))
     };
-    let (mutate_cpu, noop_cpu) = (cpu("POST /mutate"), cpu("GET /noop"));
-    println!(
-        "server CPU per request (closed loop): /mutate {mutate_cpu:.0} µs, GET /noop {noop_cpu:.0} µs: on 2 dedicated cores the server alone would top out near {:.0} and {:.0} req/s ({:.1}%)",
-        2e6 / mutate_cpu.max(1.0),
-        2e6 / noop_cpu.max(1.0),
-        percent(noop_cpu, mutate_cpu)
-    );
-    if let Some(run) = report
-        .runs
-        .iter()
-        .find(|r| r.endpoint == "POST /mutate" && r.mode == "open 2000/s")
-    {
+    if let Some(p99) = p99_at(MUTATE, "open 2000/s") {
         println!(
-            "p99 at 2000 req/s: {} ms (target <= 2 ms)",
-            ms(run.latency.p99)
+            "p99 at 2000 req/s: /mutate {p99} ms, POST /noop {} ms (target <= 2 ms)",
+            p99_at(POST_NOOP, "open 2000/s").unwrap_or_else(|| "-".to_owned())
         );
     }
     let mib = |kib: u64| kib as f64 / 1024.0;

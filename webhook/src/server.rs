@@ -46,10 +46,12 @@ fn admission_routes() -> Router<SharedState> {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
-/// `GET /noop` (benchmark baseline) and `GET /version`.
+/// `/noop` (the benchmark's baseline: a webhook that does nothing; `POST` reads the body, as
+/// every webhook must, and discards it) and `GET /version`.
 fn info_routes() -> Router<SharedState> {
     Router::new()
-        .route("/noop", get(noop))
+        .route("/noop", get(noop).post(noop_post))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route("/version", get(version))
 }
 
@@ -135,6 +137,11 @@ async fn noop() -> impl IntoResponse {
         [(header::CONTENT_TYPE, "application/json")],
         r#"{"ok":true}"#,
     )
+}
+
+async fn noop_post(body: Bytes) -> impl IntoResponse {
+    std::hint::black_box(body);
+    noop().await
 }
 
 async fn version() -> impl IntoResponse {

@@ -71,7 +71,9 @@ async fn info_routes_answer() {
     assert_eq!(status, StatusCode::OK);
     let version: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
-    let (status, body) = call(router, "GET", "/noop", vec![]).await;
+    let (status, body) = call(router.clone(), "GET", "/noop", vec![]).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, r#"{"ok":true}"#));
+    let (status, body) = call(router, "POST", "/noop", pod_review()).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, r#"{"ok":true}"#));
 }
 

@@ -44,6 +44,70 @@ fn step(
     apply(current, &d)
 }
 
+#[test]
+fn only_the_decision_inputs_matter() {
+    let sets = [
+        anns(&[]),
+        anns(&[(MIN_SCALE, "3"), (MAX_SCALE, "6"), (TARGET, "10")]),
+        anns(&[
+            (MIN_SCALE_CAMEL, "2"),
+            (INITIAL_SCALE_CAMEL, "1"),
+            (ACTIVATION_SCALE, "4"),
+        ]),
+        anns(&[
+            (MIN_SCALE, "0"),
+            (
+                DECLARED_ANNOTATION,
+                r#"{"autoscaling.knative.dev/min-scale":"5"}"#,
+            ),
+        ]),
+        anns(&[(RETENTION_CAMEL, "90s"), (MAX_SCALE_CAMEL, "1")]),
+    ];
+    let others = [
+        (
+            "serving.knative.dev/creator",
+            "system:serviceaccount:platform:deployer",
+        ),
+        (
+            "serving.knative.dev/routingStateModified",
+            "2025-06-01T12:00:00Z",
+        ),
+        ("autoscaling.knative.devx/min-scale", "7"),
+        ("s2z.dev/declared-by", "someone"),
+    ];
+    for set in &sets {
+        let mut full = set.clone();
+        full.extend(others.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let inputs: BTreeMap<String, String> = full
+            .iter()
+            .filter(|(k, _)| is_decision_input(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        assert_eq!(
+            &inputs, set,
+            "the filter keeps exactly the autoscaling keys"
+        );
+        for state in STATES {
+            for allow in [true, false] {
+                for window in [None, Some(Duration::from_secs(600))] {
+                    let with = |annotations| {
+                        decide(&DecisionInput {
+                            allow_zero_initial_scale: allow,
+                            scale_down_window: window,
+                            ..input(state, annotations)
+                        })
+                    };
+                    assert_eq!(
+                        with(&full),
+                        with(&inputs),
+                        "{state:?} allow={allow} window={window:?} on {full:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 fn set_to(key: &str, value: &str) -> (String, Option<String>) {
     (key.to_string(), Some(value.to_string()))
 }
