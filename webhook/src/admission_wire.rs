@@ -111,8 +111,8 @@ pub(super) struct Object<'a> {
 /// `metadata.namespace`, `labels` (strings, borrowed) and of the `annotations` only those the
 /// decision reads ([`annotations::is_decision_input`]), owned: the decision takes a
 /// `BTreeMap<String, String>`. A revision carries a dozen annotations and s2z reads two or three;
-/// copying the rest was a third of the decision's time. `Some(empty)` still says the object has
-/// an annotations map, which decides the shape of the patch.
+/// the rest would be copied, and copied again by the decision, for nothing. `Some(empty)` still
+/// says the object has an annotations map, which decides the shape of the patch.
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct Metadata<'a> {
     #[serde(borrow, default)]
