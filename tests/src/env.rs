@@ -128,3 +128,16 @@ pub fn condition<'a>(obj: &'a serde_json::Value, type_: &str) -> Option<&'a str>
         .get("status")?
         .as_str()
 }
+
+/// Creates `obj`, or leaves it as it is when it already exists (a reused plane): for benches
+/// that fill a plane they may have filled before.
+pub async fn create_or_keep<K>(api: &Api<K>, obj: &K) -> Result<()>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -16,10 +16,11 @@ use hyper::body::Bytes;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DynamicObject, PartialObjectMeta, PostParams};
+use kube::api::{Api, DynamicObject, PartialObjectMeta};
 use kube::runtime::{WatchStreamExt, watcher};
 use s2z_core::org::Org;
 use s2z_tests::Plane;
+use s2z_tests::env::create_or_keep as create;
 use s2z_tests::plane::repo_root;
 use serde_json::json;
 
@@ -157,17 +158,6 @@ pub async fn populate(
         .try_collect::<Vec<()>>()
         .await?;
     Ok(started.elapsed())
-}
-
-async fn create<K>(api: &Api<K>, obj: &K) -> Result<()>
-where
-    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    match api.create(&PostParams::default(), obj).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 pub fn super_revisions() -> kube::core::ApiResource {

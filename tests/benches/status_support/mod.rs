@@ -11,9 +11,10 @@ use anyhow::{Context, Result, bail, ensure};
 use chrono::{TimeDelta, Utc};
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, ServiceAccount};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use s2z_core::labels::{ORG_LABEL, REVISION_LABEL};
 use s2z_core::org::Org;
+use s2z_tests::env::create_or_keep as create;
 use serde_json::{Value, json};
 
 use crate::dormancy_support::{CONCURRENCY, org_name, org_namespace};
@@ -41,18 +42,6 @@ impl Shape {
     /// GPUs held by running pods.
     pub fn gpus_held(&self) -> usize {
         self.running.min(self.nodes * self.gpus_per_node)
-    }
-}
-
-async fn create<K>(api: &Api<K>, obj: &K) -> Result<()>
-where
-    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    match api.create(&PostParams::default(), obj).await {
-        Ok(_) => Ok(()),
-        // A reused plane already has it.
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
     }
 }
 
