@@ -280,10 +280,11 @@ fn label(labels: Option<&BTreeMap<String, String>>) -> Option<&str> {
 /// here.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// Drops what no reader of the caches uses before an object is stored: `metadata.managedFields`
-/// (two thirds of a watched Org's memory: 12.6 KiB per org and namespace with them, 4 KiB
-/// without, measured by `benches/mutate.rs`) and kubectl's last-applied annotation.
-fn slim<K: Resource>(object: &mut K) {
+/// Drops what no reader of the caches (nor the controller's Org store) uses before an object is
+/// stored: `metadata.managedFields` (two thirds of a watched Org's memory: 12.6 KiB per org and
+/// namespace with them, 4 KiB without, measured by `benches/mutate.rs`) and kubectl's
+/// last-applied annotation.
+pub(crate) fn slim<K: Resource>(object: &mut K) {
     let meta = object.meta_mut();
     meta.managed_fields = None;
     if let Some(annotations) = meta.annotations.as_mut() {

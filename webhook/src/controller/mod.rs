@@ -28,7 +28,7 @@ use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::Recorder;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, reflector, store::Writer};
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource};
 use s2z_core::labels::ORG_LABEL;
@@ -40,7 +40,7 @@ use self::index::{NamespaceIndex, ObjectIndex};
 use self::metrics::ControllerMetrics;
 use self::target::{KnativeVersion, Target};
 use crate::activity::queue::ActivityQueue;
-use crate::cache::Caches;
+use crate::cache::{Caches, slim};
 
 /// Orgs reconciled at once; each has up to 8 patches in flight, so this bounds the controller
 /// at a few hundred concurrent API calls when many orgs flip together.
@@ -234,7 +234,12 @@ async fn run_term(parts: Parts) {
         Some(selector) => watcher::Config::default().labels(selector),
         None => watcher::Config::default(),
     };
-    let mut controller = Controller::new(Api::<Org>::all(client.clone()), org_config)
+    // The controller's own Org store, slimmed as the admission caches are: managedFields are
+    // two thirds of a stored Org and no reconcile reads them (Org writes are merge patches).
+    let writer = Writer::<Org>::default();
+    let reader = writer.as_reader();
+    let orgs = watcher::watcher(Api::<Org>::all(client.clone()), org_config).modify(slim);
+    let mut controller = Controller::for_stream(reflector(writer, orgs).applied_objects(), reader)
         .with_config(ControllerConfig::default().concurrency(CONCURRENCY))
         .reconcile_on(namespace_triggers(&client, ctx.clone()))
         .reconcile_on(revision_triggers(&client, ctx.clone()))
