@@ -11,7 +11,7 @@ KNATIVE_SRC := $(shell find tests/knative/cmd -name '*.go') tests/knative/go.mod
 export S2Z_STATE_DIR := $(STATE_DIR)
 export S2Z_KNATIVE_STATE_DIR := $(KNATIVE_STATE_DIR)
 
-.PHONY: all build cluster cluster-up cluster-down knative-up knative-down test unit integration lint demo demo-down bench bench-webhook bench-status bench-dormancy bench-spike webhook-local check-manifests generate check-generated
+.PHONY: all build cluster cluster-up cluster-down knative-up knative-down test unit integration lint demo demo-down bench bench-webhook bench-status bench-dormancy bench-spike webhook-local check-manifests generate check-generated clean
 
 all: build
 
@@ -126,3 +126,11 @@ check-manifests: $(CLUSTER)
 	    -keyout $$tmp/manifests/overlays/self-signed/tls.key -out $$tmp/manifests/overlays/self-signed/tls.crt 2>/dev/null && \
 	  tests/cluster/bin/kubectl kustomize $$tmp/manifests/overlays/self-signed | grep -q caBundle
 	@echo "check-manifests: ok"
+
+## clean: stop every plane this checkout started (cluster, Knative, demo, demo-check, bench-spike)
+## and delete .state and target/ (tens of GB after the benches); the Go binaries in tests/*/bin stay
+clean:
+	$(MAKE) --no-print-directory cluster-down knative-down demo-down
+	$(MAKE) --no-print-directory demo-down DEMO_STATE_DIR=$(CURDIR)/.state/demo-ci
+	$(MAKE) --no-print-directory cluster-down STATE_DIR=$(CURDIR)/.state/bench-spike
+	rm -rf .state target
