@@ -1,11 +1,5 @@
 use super::*;
-
-fn t(s: &str) -> DateTime<Utc> {
-    match parse_time(s) {
-        Ok(t) => t,
-        Err(e) => panic!("{e}"),
-    }
-}
+use crate::testing::t;
 
 const NOW: &str = "2025-01-31T12:00:00Z";
 

@@ -264,13 +264,7 @@ pub fn gpu_type(node_labels: &BTreeMap<String, String>) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::testing::map;
 
     #[test]
     fn seed_002_example_needs_one_extra_then_is_safe() {

@@ -272,14 +272,8 @@ pub fn drain_command(node: &str, needs: DrainNeeds) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::map;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
-
-    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     fn facts() -> OrphanFacts<'static> {
         OrphanFacts {

@@ -135,16 +135,10 @@ pub fn format_time(time: DateTime<Utc>) -> String {
 mod tests {
     use super::*;
     use crate::org::{Org, OrgStatus};
+    use crate::testing::t;
     use std::collections::BTreeMap;
 
     const HOUR: Duration = Duration::from_secs(3600);
-
-    fn t(s: &str) -> DateTime<Utc> {
-        match parse_time(s) {
-            Ok(t) => t,
-            Err(e) => panic!("{e}"),
-        }
-    }
 
     fn input(now: &str) -> StateInput {
         StateInput {

@@ -13,6 +13,8 @@ pub mod knative;
 pub mod labels;
 pub mod org;
 pub mod settings;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod workload;
 
 pub use annotations::{Decision, DecisionError, DecisionInput, decide};

@@ -75,13 +75,7 @@ impl Tally {
 mod tests {
     use super::*;
     use crate::labels::{MIN_SCALE, SERVICE_LABEL};
-
-    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::testing::map;
 
     #[test]
     fn kserve_label_makes_a_model() {

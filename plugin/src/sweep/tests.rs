@@ -4,18 +4,8 @@ use crate::cluster::{Inventory, Meta, Object};
 use s2z_core::labels::{MIN_SCALE, MODEL_LABEL};
 use s2z_core::org::{OrgSpec, OrgStatus};
 use s2z_core::settings::KnativeConfig;
+use s2z_core::testing::{map, t as time};
 use serde_json::json;
-
-fn time(t: &str) -> DateTime<Utc> {
-    parse_time(t).unwrap_or_default()
-}
-
-fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 fn org(name: &str, activity: &str, reported: Option<OrgState>) -> Org {
     let mut org = Org::new(name, OrgSpec::default());

@@ -142,12 +142,8 @@ pub async fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use s2z_core::dormancy::parse_time;
     use s2z_core::org::{OrgSpec, OrgStatus};
-
-    fn t(s: &str) -> DateTime<Utc> {
-        parse_time(s).unwrap_or_default()
-    }
+    use s2z_core::testing::t;
 
     fn org(status: Option<OrgStatus>) -> Org {
         let mut org = Org::new("acme", OrgSpec::default());

@@ -126,13 +126,7 @@ pub fn requeue_after(due: Option<DateTime<Utc>>, now: DateTime<Utc>, sweep: Dura
 mod tests {
     use super::*;
     use s2z_core::labels::{DECLARED_ANNOTATION, INITIAL_SCALE, MIN_SCALE, MODEL_LABEL};
-
-    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use s2z_core::testing::map;
 
     fn w<'a>(
         name: &'a str,

@@ -157,11 +157,7 @@ fn guarded(status: Value, resource_version: Option<&str>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use s2z_core::dormancy::parse_time;
-
-    fn t(s: &str) -> DateTime<Utc> {
-        parse_time(s).unwrap_or_default()
-    }
+    use s2z_core::testing::t;
 
     fn obs(state: OrgState, now: &str) -> Observation<'static> {
         let mut tally = Tally::default();

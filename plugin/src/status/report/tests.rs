@@ -2,13 +2,10 @@ use super::*;
 use crate::cluster::{Container, Meta, Object, Pod, PodSpec, Resources};
 use s2z_core::labels::{MIN_SCALE, MODEL_LABEL, SLEEP_ANNOTATION};
 use s2z_core::org::{OrgSpec, OrgStatus};
+use s2z_core::testing::{map, t as time};
 use serde_json::json;
 
 const NOW: &str = "2025-01-31T12:00:00Z";
-
-fn time(t: &str) -> DateTime<Utc> {
-    s2z_core::dormancy::parse_time(t).unwrap_or_default()
-}
 
 fn org(name: &str, allowed: bool, created: &str, status: Option<OrgStatus>) -> Org {
     let mut org = Org::new(
@@ -29,13 +26,6 @@ fn status(activity: Option<&str>, state: Option<OrgState>) -> Option<OrgStatus> 
         state,
         ..OrgStatus::default()
     })
-}
-
-fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 fn revision(ns: &str, name: &str, labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> Object {
