@@ -101,6 +101,15 @@ pub struct GlobalArgs {
         help_heading = "Kubernetes options"
     )]
     pub request_timeout: String,
+    /// Return large lists in chunks of this many objects rather than all at once; 0 disables
+    #[arg(
+        long,
+        global = true,
+        value_name = "N",
+        default_value_t = crate::client::DEFAULT_CHUNK_SIZE,
+        help_heading = "Kubernetes options"
+    )]
+    pub chunk_size: u32,
     /// Namespace where s2z is installed (settings ConfigMap, controller Lease)
     #[arg(
         short = 'n',
@@ -187,6 +196,8 @@ pub struct Options {
     pub context: Option<String>,
     /// `--request-timeout`; `None` means no timeout.
     pub request_timeout: Option<Duration>,
+    /// `--chunk-size`; `None` (0) lists everything in one request.
+    pub chunk_size: Option<u32>,
     /// The install namespace.
     pub namespace: String,
     /// `-o`.
@@ -237,6 +248,7 @@ impl GlobalArgs {
             kubeconfig: self.kubeconfig.clone(),
             context: self.context.clone().filter(|c| !c.is_empty()),
             request_timeout,
+            chunk_size: (self.chunk_size > 0).then_some(self.chunk_size),
             namespace,
             format: self.output,
             color_stdout: self.color.enabled(terminal.stdout, no_color),
@@ -286,8 +298,24 @@ mod tests {
         assert_eq!(o.kubeconfig, None);
         assert_eq!(o.context, None);
         assert_eq!(o.request_timeout, None, "0 means no timeout, as in kubectl");
+        assert_eq!(o.chunk_size, Some(500), "kubectl's --chunk-size default");
         assert_eq!(o.format, Format::Table);
         assert!(!o.color_stdout);
+    }
+
+    #[test]
+    fn chunk_size_zero_lists_at_once() {
+        let terminal = Terminal::default();
+        assert_eq!(
+            options(&["status", "--chunk-size", "0"], &terminal).chunk_size,
+            None
+        );
+        assert_eq!(
+            options(&["--chunk-size=50", "status"], &terminal).chunk_size,
+            Some(50)
+        );
+        let negative = parse(&["status", "--chunk-size", "-1"]).map(|_| ());
+        assert!(negative.is_err(), "a negative chunk size is a usage error");
     }
 
     #[test]

@@ -22,9 +22,10 @@ pub const ORGS: &str = "orgs.s2z.dev";
 /// Field manager recorded on every write the plugin makes.
 pub const FIELD_MANAGER: &str = "kubectl-s2z";
 
-/// Page size of every list: large enough for few round trips, small enough to keep the API
-/// server's memory and our latency to first byte low.
-pub const PAGE_SIZE: u32 = 500;
+/// Page size of every list unless `--chunk-size` says otherwise (kubectl's default too): large
+/// enough for few round trips, small enough to keep the API server's memory and our latency to
+/// first byte low.
+pub const DEFAULT_CHUNK_SIZE: u32 = 500;
 
 /// A connected client and the server it talks to.
 #[derive(Clone)]
@@ -33,12 +34,15 @@ pub struct Cluster {
     pub client: Client,
     /// The API server URL, for messages.
     pub server: String,
+    /// Objects per list request (`--chunk-size`); `None` lists everything at once.
+    pub chunk_size: Option<u32>,
 }
 
 impl fmt::Debug for Cluster {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cluster")
             .field("server", &self.server)
+            .field("chunk_size", &self.chunk_size)
             .finish()
     }
 }
@@ -78,7 +82,11 @@ pub async fn connect(options: &Options) -> Result<Cluster> {
         .trim_end_matches('/')
         .to_string();
     let client = Client::try_from(config).map_err(|e| Error::Kubeconfig { why: chain(&e) })?;
-    Ok(Cluster { client, server })
+    Ok(Cluster {
+        client,
+        server,
+        chunk_size: options.chunk_size,
+    })
 }
 
 /// One API request, named the way kubectl and RBAC name it.
@@ -251,7 +259,7 @@ pub enum Shape {
     Metadata,
 }
 
-/// Lists every object at `path` (e.g. `/api/v1/pods`), [`PAGE_SIZE`] at a time, following
+/// Lists every object at `path` (e.g. `/api/v1/pods`), `--chunk-size` at a time, following
 /// `continue` tokens. Server-side selectors go in `lp`.
 pub async fn list_all<T: DeserializeOwned>(
     cluster: &Cluster,
@@ -261,7 +269,8 @@ pub async fn list_all<T: DeserializeOwned>(
     shape: Shape,
 ) -> Result<Vec<T>> {
     let request = Request::new(path);
-    let mut lp = lp.clone().limit(PAGE_SIZE);
+    let mut lp = lp.clone();
+    lp.limit = cluster.chunk_size;
     let mut items = Vec::new();
     loop {
         let http = match shape {

@@ -518,7 +518,7 @@ async fn status_shows_states_workloads_pods_and_gpus() -> Result<()> {
 #[tokio::test]
 async fn status_pages_through_more_revisions_than_one_page() -> Result<()> {
     use futures::{StreamExt, TryStreamExt};
-    // The plugin lists 500 objects per page; 520 revisions need a continue token.
+    // The plugin lists 500 objects per page by default; 520 revisions need a continue token.
     const COUNT: usize = 520;
     let mut fx = Fixture::new("plg-pages").await?;
     let org = fx.org("a", json!({}), json!({}), None).await?;
@@ -543,10 +543,13 @@ async fn status_pages_through_more_revisions_than_one_page() -> Result<()> {
         .try_collect::<Vec<()>>()
         .await?;
     let selector = format!("s2z.dev/test={}", fx.env.id);
-    // By name (lists in the org's namespace) and by selector (cluster-wide lists).
+    // By name (lists in the org's namespace) and by selector (cluster-wide lists); with the
+    // default chunk size, with 75 pages of 7, and in one request (`--chunk-size 0`).
     for args in [
         vec!["status", org.as_str()],
         vec!["status", "-l", selector.as_str()],
+        vec!["status", org.as_str(), "--chunk-size", "7"],
+        vec!["status", "-l", selector.as_str(), "--chunk-size=0"],
     ] {
         let mut args = args;
         args.extend(["-o", "json"]);

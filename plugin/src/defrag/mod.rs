@@ -172,6 +172,7 @@ pub async fn run(
     let cluster = Cluster {
         client,
         server: "the API server".into(),
+        chunk_size: Some(crate::client::DEFAULT_CHUNK_SIZE),
     };
     run_on(&cluster, args, out).await
 }
