@@ -85,15 +85,14 @@ async fn main() -> Result<()> {
         .transpose()
         .context("usage: defrag_reaction [RUNS]")?
         .unwrap_or(30);
-    let mut env = TestEnv::new("defrag-bench").await?;
-    let ns = env.namespace("ns", &[]).await?;
-    let nodes = private_nodes(&env, &[64, 64], &[false, true]).await?;
+    let fx = Fixture::bare("defrag-bench", &[64, 64], &[false, true]).await?;
+    let (env, ns, nodes) = (&fx.env, &fx.ns, &fx.nodes);
     let mut from_send = Vec::new();
     let mut from_ack = Vec::new();
     for i in 0..runs {
-        let rev = revision(&env, &ns, &format!("b{i}-00001"), 1, true, json!({})).await?;
-        wait_serving(&env, &rev, 1, Some(&nodes[0])).await?;
-        set_scale(&env, &rev, 1).await?;
+        let rev = revision(env, ns, &format!("b{i}-00001"), 1, true, json!({})).await?;
+        wait_serving(env, &rev, 1, Some(&nodes[0])).await?;
+        set_scale(env, &rev, 1).await?;
         let mut run = spawn(
             &env.plane,
             &["defrag", &nodes[0], "--yes", "--timeout", "2m"],
@@ -105,7 +104,7 @@ async fn main() -> Result<()> {
         // Let the replacement's creation events pass, so only the bench's write is in flight.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let sent = Instant::now();
-        set_scale(&env, &rev, 2).await?;
+        set_scale(env, &rev, 2).await?;
         let acked = Instant::now();
         let (at, _) = run
             .line("Safe", |l| l == "Safe to defrag/remove node")
@@ -120,7 +119,7 @@ async fn main() -> Result<()> {
             ms(at.duration_since(sent)),
             ms(at.saturating_duration_since(acked))
         );
-        reset(&env, &rev, &nodes[0]).await?;
+        reset(env, &rev, &nodes[0]).await?;
     }
     from_send.sort();
     from_ack.sort();
@@ -135,6 +134,5 @@ async fn main() -> Result<()> {
             ms(v[v.len() - 1])
         );
     }
-    delete_nodes(&env, &nodes).await;
-    env.cleanup().await
+    fx.finish().await
 }

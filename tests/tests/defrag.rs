@@ -69,17 +69,15 @@ fn controlled(p: &Pod) -> bool {
 #[tokio::test]
 async fn two_revisions_reach_safe_only_after_their_replacements_are_ready_elsewhere() -> Result<()>
 {
-    let mut env = TestEnv::new("defrag-safe").await?;
-    let ns = env.namespace("ns", &[]).await?;
     // node0 is emptied; node1 starts cordoned so that every pod lands on node0 first.
-    let nodes = private_nodes(&env, &[8, 8], &[false, true]).await?;
-    let autoscaler = fake_autoscaler(env.client.clone(), &ns);
-    let one = revision(&env, &ns, "one-00001", 1, true, json!({})).await?;
-    let two = revision(&env, &ns, "two-00001", 2, true, json!({})).await?;
-    wait_serving(&env, &one, 1, Some(&nodes[0])).await?;
-    wait_serving(&env, &two, 2, Some(&nodes[0])).await?;
-    wait_scale(&env, &one, 1).await?;
-    wait_scale(&env, &two, 2).await?;
+    let fx = Fixture::new("defrag-safe", &[8, 8], &[false, true]).await?;
+    let (env, ns, nodes) = (&fx.env, &fx.ns, &fx.nodes);
+    let one = revision(env, ns, "one-00001", 1, true, json!({})).await?;
+    let two = revision(env, ns, "two-00001", 2, true, json!({})).await?;
+    wait_serving(env, &one, 1, Some(&nodes[0])).await?;
+    wait_serving(env, &two, 2, Some(&nodes[0])).await?;
+    wait_scale(env, &one, 1).await?;
+    wait_scale(env, &two, 2).await?;
 
     let mut run = spawn(
         &env.plane,
@@ -89,11 +87,11 @@ async fn two_revisions_reach_safe_only_after_their_replacements_are_ready_elsewh
 
     // Acted: cordoned, and all three pods orphaned with their records, still serving.
     ensure!(
-        unschedulable(&node(&env, &nodes[0]).await?),
+        unschedulable(&node(env, &nodes[0]).await?),
         "node0 is not cordoned"
     );
     for rev in [&one, &two] {
-        let pods = pods_of(&env, rev).await?;
+        let pods = pods_of(env, rev).await?;
         let orphans: Vec<&Pod> = pods.iter().filter(|p| node_of(p) == nodes[0]).collect();
         for o in &orphans {
             let a = annotations(o);
@@ -120,10 +118,10 @@ async fn two_revisions_reach_safe_only_after_their_replacements_are_ready_elsewh
     run.no_line("Safe", Duration::from_secs(3), is_safe).await?;
 
     // Let them land on node1. Safe must follow, and only once they serve there.
-    set_cordon(&env, &nodes[1], false).await?;
+    set_cordon(env, &nodes[1], false).await?;
     run.line("Safe", is_safe).await?;
     for (rev, count) in [(&one, 1), (&two, 2)] {
-        let replacements: Vec<Pod> = pods_of(&env, rev)
+        let replacements: Vec<Pod> = pods_of(env, rev)
             .await?
             .into_iter()
             .filter(|p| node_of(p) == nodes[1] && serving(p) && controlled(p))
@@ -159,24 +157,20 @@ async fn two_revisions_reach_safe_only_after_their_replacements_are_ready_elsewh
     }
     ensure!(stdout.matches(" orphaned\n").count() == 3, "{stdout}");
 
-    autoscaler.abort();
-    delete_nodes(&env, &nodes).await;
-    env.cleanup().await
+    fx.finish().await
 }
 
 #[tokio::test]
 async fn a_revision_that_scales_down_mid_run_is_safe_by_the_current_replicas_rule() -> Result<()> {
-    let mut env = TestEnv::new("defrag-scaledown").await?;
-    let ns = env.namespace("ns", &[]).await?;
     // node1 holds 2 GPUs: two pods fill it, so the replacement of node0's pod cannot run.
-    let nodes = private_nodes(&env, &[8, 2], &[true, false]).await?;
-    let autoscaler = fake_autoscaler(env.client.clone(), &ns);
-    let rev = revision(&env, &ns, "m-00001", 2, true, json!({})).await?;
-    wait_serving(&env, &rev, 2, Some(&nodes[1])).await?;
-    set_cordon(&env, &nodes[0], false).await?;
-    scale(&env, &rev, 3).await?;
-    wait_serving(&env, &rev, 3, None).await?;
-    wait_scale(&env, &rev, 3).await?;
+    let fx = Fixture::new("defrag-scaledown", &[8, 2], &[true, false]).await?;
+    let (env, ns, nodes) = (&fx.env, &fx.ns, &fx.nodes);
+    let rev = revision(env, ns, "m-00001", 2, true, json!({})).await?;
+    wait_serving(env, &rev, 2, Some(&nodes[1])).await?;
+    set_cordon(env, &nodes[0], false).await?;
+    scale(env, &rev, 3).await?;
+    wait_serving(env, &rev, 3, None).await?;
+    wait_scale(env, &rev, 3).await?;
 
     let mut run = spawn(
         &env.plane,
@@ -190,7 +184,7 @@ async fn a_revision_that_scales_down_mid_run_is_safe_by_the_current_replicas_rul
 
     // The autoscaler scales the model down to 2: the ReplicaSet drops the pending replacement;
     // 2 replicas + the orphan serve, which is current_replicas + m.
-    scale(&env, &rev, 2).await?;
+    scale(env, &rev, 2).await?;
     run.line("the scale-down line", |l| {
         l == "Revision m-00001 - 0 extra needed - current_scale=3 replicas=2 initial_scale=3"
     })
@@ -202,20 +196,16 @@ async fn a_revision_that_scales_down_mid_run_is_safe_by_the_current_replicas_rul
         "exit {status}: {stderr}\n{stdout}"
     );
 
-    autoscaler.abort();
-    delete_nodes(&env, &nodes).await;
-    env.cleanup().await
+    fx.finish().await
 }
 
 #[tokio::test]
 async fn a_timeout_exits_8_says_what_is_pending_and_how_to_resume_or_abort() -> Result<()> {
-    let mut env = TestEnv::new("defrag-timeout").await?;
-    let ns = env.namespace("ns", &[]).await?;
-    let nodes = private_nodes(&env, &[8, 8], &[false, true]).await?;
-    let autoscaler = fake_autoscaler(env.client.clone(), &ns);
-    let rev = revision(&env, &ns, "t-00001", 1, true, json!({})).await?;
-    wait_serving(&env, &rev, 1, Some(&nodes[0])).await?;
-    wait_scale(&env, &rev, 1).await?;
+    let fx = Fixture::new("defrag-timeout", &[8, 8], &[false, true]).await?;
+    let (env, ns, nodes) = (&fx.env, &fx.ns, &fx.nodes);
+    let rev = revision(env, ns, "t-00001", 1, true, json!({})).await?;
+    wait_serving(env, &rev, 1, Some(&nodes[0])).await?;
+    wait_scale(env, &rev, 1).await?;
 
     let (code, stdout, stderr) = run(
         &env.plane,
@@ -276,20 +266,16 @@ async fn a_timeout_exits_8_says_what_is_pending_and_how_to_resume_or_abort() -> 
     let (code, _, stderr) = run(&env.plane, &["defrag", &nodes[0], "--abort", "--yes"]).await?;
     ensure!(code == 0, "abort exit {code}: {stderr}");
 
-    autoscaler.abort();
-    delete_nodes(&env, &nodes).await;
-    env.cleanup().await
+    fx.finish().await
 }
 
 #[tokio::test]
 async fn a_killed_or_interrupted_run_is_resumed_by_running_it_again() -> Result<()> {
-    let mut env = TestEnv::new("defrag-resume").await?;
-    let ns = env.namespace("ns", &[]).await?;
-    let nodes = private_nodes(&env, &[8, 8], &[false, true]).await?;
-    let autoscaler = fake_autoscaler(env.client.clone(), &ns);
-    let rev = revision(&env, &ns, "r-00001", 2, true, json!({})).await?;
-    wait_serving(&env, &rev, 2, Some(&nodes[0])).await?;
-    wait_scale(&env, &rev, 2).await?;
+    let fx = Fixture::new("defrag-resume", &[8, 8], &[false, true]).await?;
+    let (env, ns, nodes) = (&fx.env, &fx.ns, &fx.nodes);
+    let rev = revision(env, ns, "r-00001", 2, true, json!({})).await?;
+    wait_serving(env, &rev, 2, Some(&nodes[0])).await?;
+    wait_scale(env, &rev, 2).await?;
 
     // Killed outright (SIGKILL) while waiting.
     let mut first = spawn(&env.plane, &["defrag", &nodes[0], "--yes"])?;
@@ -301,7 +287,7 @@ async fn a_killed_or_interrupted_run_is_resumed_by_running_it_again() -> Result<
         "expected death by signal, got {status}"
     );
 
-    let n = node(&env, &nodes[0]).await?;
+    let n = node(env, &nodes[0]).await?;
     ensure!(unschedulable(&n), "the node must stay cordoned");
     let started = n
         .metadata
@@ -310,7 +296,7 @@ async fn a_killed_or_interrupted_run_is_resumed_by_running_it_again() -> Result<
         .get("s2z.dev/defrag-started-at")
         .cloned()
         .context("no start annotation on the node")?;
-    let before: BTreeSet<(String, String)> = pods_of(&env, &rev)
+    let before: BTreeSet<(String, String)> = pods_of(env, &rev)
         .await?
         .iter()
         .filter(|p| node_of(p) == nodes[0])
@@ -360,7 +346,7 @@ async fn a_killed_or_interrupted_run_is_resumed_by_running_it_again() -> Result<
     );
 
     // Room for the replacements; the third run picks up the same orphans and finishes.
-    set_cordon(&env, &nodes[1], false).await?;
+    set_cordon(env, &nodes[1], false).await?;
     let (code, stdout, stderr) = run(
         &env.plane,
         &["defrag", &nodes[0], "--yes", "--timeout", "2m"],
@@ -376,7 +362,7 @@ async fn a_killed_or_interrupted_run_is_resumed_by_running_it_again() -> Result<
         "{stdout}"
     );
     ensure!(stdout.contains(SAFE), "{stdout}");
-    let after: BTreeSet<(String, String)> = pods_of(&env, &rev)
+    let after: BTreeSet<(String, String)> = pods_of(env, &rev)
         .await?
         .iter()
         .filter(|p| node_of(p) == nodes[0])
@@ -395,24 +381,20 @@ async fn a_killed_or_interrupted_run_is_resumed_by_running_it_again() -> Result<
         "the orphans changed: {before:?} -> {after:?}"
     );
 
-    autoscaler.abort();
-    delete_nodes(&env, &nodes).await;
-    env.cleanup().await
+    fx.finish().await
 }
 
 #[tokio::test]
 async fn abort_hands_every_orphan_back_without_a_capacity_dip() -> Result<()> {
-    let mut env = TestEnv::new("defrag-abort").await?;
-    let ns = env.namespace("ns", &[]).await?;
-    let nodes = private_nodes(&env, &[8, 8], &[false, true]).await?;
-    let autoscaler = fake_autoscaler(env.client.clone(), &ns);
-    let rev = revision(&env, &ns, "a-00001", 2, true, json!({})).await?;
-    let originals: BTreeSet<String> = wait_serving(&env, &rev, 2, Some(&nodes[0]))
+    let fx = Fixture::new("defrag-abort", &[8, 8], &[false, true]).await?;
+    let (env, ns, nodes) = (&fx.env, &fx.ns, &fx.nodes);
+    let rev = revision(env, ns, "a-00001", 2, true, json!({})).await?;
+    let originals: BTreeSet<String> = wait_serving(env, &rev, 2, Some(&nodes[0]))
         .await?
         .iter()
         .filter_map(|p| p.metadata.uid.clone())
         .collect();
-    wait_scale(&env, &rev, 2).await?;
+    wait_scale(env, &rev, 2).await?;
 
     // A defrag that cannot finish: two orphans serving, two replacements pending.
     let (code, _, stderr) = run(
@@ -422,7 +404,7 @@ async fn abort_hands_every_orphan_back_without_a_capacity_dip() -> Result<()> {
     .await?;
     ensure!(code == 8, "exit {code}: {stderr}");
     eventually("2 pending replacements", WAIT, || async {
-        let pending = pods_of(&env, &rev)
+        let pending = pods_of(env, &rev)
             .await?
             .iter()
             .filter(|p| controlled(p))
@@ -435,7 +417,7 @@ async fn abort_hands_every_orphan_back_without_a_capacity_dip() -> Result<()> {
     let min_serving = Arc::new(AtomicI64::new(i64::MAX));
     let watch = {
         let min = min_serving.clone();
-        let pods: Api<Pod> = Api::namespaced(env.client.clone(), &ns);
+        let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
         let selector = format!("{REVISION}={}", rev.name);
         tokio::spawn(async move {
             let mut live = std::collections::BTreeMap::new();
@@ -486,7 +468,7 @@ async fn abort_hands_every_orphan_back_without_a_capacity_dip() -> Result<()> {
         "the ReplicaSet to settle on the original pods",
         WAIT,
         || async {
-            let pods: Vec<Pod> = pods_of(&env, &rev)
+            let pods: Vec<Pod> = pods_of(env, &rev)
                 .await?
                 .into_iter()
                 .filter(|p| p.metadata.deletion_timestamp.is_none())
@@ -510,7 +492,7 @@ async fn abort_hands_every_orphan_back_without_a_capacity_dip() -> Result<()> {
             "annotations left"
         );
     }
-    let n = node(&env, &nodes[0]).await?;
+    let n = node(env, &nodes[0]).await?;
     ensure!(!unschedulable(&n), "node still cordoned");
     ensure!(
         !n.metadata
@@ -520,7 +502,7 @@ async fn abort_hands_every_orphan_back_without_a_capacity_dip() -> Result<()> {
             .any(|k| k.starts_with("s2z.dev/defrag")),
         "node annotations left"
     );
-    let rs = Api::<ReplicaSet>::namespaced(env.client.clone(), &ns)
+    let rs = Api::<ReplicaSet>::namespaced(env.client.clone(), ns)
         .list(&ListParams::default())
         .await?;
     ensure!(
@@ -546,9 +528,7 @@ async fn abort_hands_every_orphan_back_without_a_capacity_dip() -> Result<()> {
     let (code, _, stderr) = run(&env.plane, &["defrag", &nodes[0], "--abort", "--yes"]).await?;
     ensure!(code == 10, "second abort exit {code}: {stderr}");
 
-    autoscaler.abort();
-    delete_nodes(&env, &nodes).await;
-    env.cleanup().await
+    fx.finish().await
 }
 
 /// resourceVersions of everything defrag could touch in the namespace, and of the node.
@@ -612,14 +592,12 @@ async fn versions(env: &TestEnv, ns: &str, node_name: &str) -> Result<Vec<(Strin
 
 #[tokio::test]
 async fn dry_run_reports_every_blocker_and_writes_nothing() -> Result<()> {
-    let mut env = TestEnv::new("defrag-dryrun").await?;
-    let ns = env.namespace("ns", &[]).await?;
-    let nodes = private_nodes(&env, &[8, 8], &[false, true]).await?;
-    let autoscaler = fake_autoscaler(env.client.clone(), &ns);
+    let fx = Fixture::new("defrag-dryrun", &[8, 8], &[false, true]).await?;
+    let (env, ns, nodes) = (&fx.env, &fx.ns, &fx.nodes);
     // A model that must not be disrupted (karpenter), ...
     let model = revision(
-        &env,
-        &ns,
+        env,
+        ns,
         "b-00001",
         1,
         true,
@@ -635,14 +613,14 @@ async fn dry_run_reports_every_blocker_and_writes_nothing() -> Result<()> {
                 "tolerations": [{"key": "s2z.dev/test", "operator": "Exists"}],
                 "containers": [{"name": "db", "image": "example.invalid/db:1"}]}}},
     }))?;
-    Api::<Deployment>::namespaced(env.client.clone(), &ns)
+    Api::<Deployment>::namespaced(env.client.clone(), ns)
         .create(&PostParams::default(), &db)
         .await?;
     let pdb: PodDisruptionBudget = serde_json::from_value(json!({
         "metadata": {"name": "db"},
         "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "db"}}},
     }))?;
-    let pdbs = Api::<PodDisruptionBudget>::namespaced(env.client.clone(), &ns);
+    let pdbs = Api::<PodDisruptionBudget>::namespaced(env.client.clone(), ns);
     pdbs.create(&PostParams::default(), &pdb).await?;
     // ... a bare pod the cluster autoscaler must not evict, ...
     let bare: Pod = serde_json::from_value(json!({
@@ -650,7 +628,7 @@ async fn dry_run_reports_every_blocker_and_writes_nothing() -> Result<()> {
         "spec": {"nodeName": nodes[0], "tolerations": [{"key": "s2z.dev/test", "operator": "Exists"}],
             "containers": [{"name": "c", "image": "example.invalid/c:1"}]},
     }))?;
-    Api::<Pod>::namespaced(env.client.clone(), &ns)
+    Api::<Pod>::namespaced(env.client.clone(), ns)
         .create(&PostParams::default(), &bare)
         .await?;
     // ... and a DaemonSet pod, which defrag ignores.
@@ -662,12 +640,12 @@ async fn dry_run_reports_every_blocker_and_writes_nothing() -> Result<()> {
                 "tolerations": [{"operator": "Exists"}],
                 "containers": [{"name": "agent", "image": "example.invalid/agent:1"}]}}},
     }))?;
-    Api::<DaemonSet>::namespaced(env.client.clone(), &ns)
+    Api::<DaemonSet>::namespaced(env.client.clone(), ns)
         .create(&PostParams::default(), &ds)
         .await?;
 
-    wait_serving(&env, &model, 1, Some(&nodes[0])).await?;
-    wait_scale(&env, &model, 1).await?;
+    wait_serving(env, &model, 1, Some(&nodes[0])).await?;
+    wait_scale(env, &model, 1).await?;
     eventually("the budget to allow no disruption", WAIT, || async {
         let p = pdbs.get("db").await?;
         let s = p.status.unwrap_or_default();
@@ -681,7 +659,7 @@ async fn dry_run_reports_every_blocker_and_writes_nothing() -> Result<()> {
         "db, scratch and agent pods running on node0",
         WAIT,
         || async {
-            let pods = Api::<Pod>::namespaced(env.client.clone(), &ns)
+            let pods = Api::<Pod>::namespaced(env.client.clone(), ns)
                 .list(&ListParams::default())
                 .await?
                 .items;
@@ -697,7 +675,7 @@ async fn dry_run_reports_every_blocker_and_writes_nothing() -> Result<()> {
     )
     .await?;
 
-    let before = versions(&env, &ns, &nodes[0]).await?;
+    let before = versions(env, ns, &nodes[0]).await?;
     let (code, stdout, stderr) = run(&env.plane, &["defrag", &nodes[0], "--dry-run"]).await?;
     ensure!(code == 0, "exit {code}: {stderr}\n{stdout}");
     for want in [
@@ -753,30 +731,27 @@ async fn dry_run_reports_every_blocker_and_writes_nothing() -> Result<()> {
     ensure!(doc["items"][1]["blockers"].as_u64() >= Some(2), "{doc}");
     ensure!(doc["items"][1]["knativePods"] == 1, "{doc}");
 
-    let after = versions(&env, &ns, &nodes[0]).await?;
+    let after = versions(env, ns, &nodes[0]).await?;
     // The fake autoscaler and the controllers may write on their own; nothing in the plan may.
     ensure!(
         before == after,
         "--dry-run changed something:\nbefore {before:?}\nafter  {after:?}"
     );
     ensure!(
-        !unschedulable(&node(&env, &nodes[0]).await?),
+        !unschedulable(&node(env, &nodes[0]).await?),
         "cordoned by a dry run"
     );
 
-    autoscaler.abort();
-    delete_nodes(&env, &nodes).await;
-    env.cleanup().await
+    fx.finish().await
 }
 
 #[tokio::test]
 async fn bad_input_fails_with_a_clear_message_and_its_exit_code() -> Result<()> {
-    let mut env = TestEnv::new("defrag-errors").await?;
-    let ns = env.namespace("ns", &[]).await?;
-    let nodes = private_nodes(&env, &[8, 8], &[false, true]).await?;
+    let fx = Fixture::bare("defrag-errors", &[8, 8], &[false, true]).await?;
+    let (env, ns, nodes) = (&fx.env, &fx.ns, &fx.nodes);
     // A revision whose PodAutoscaler is missing.
-    let rev = revision(&env, &ns, "x-00001", 1, false, json!({})).await?;
-    wait_serving(&env, &rev, 1, Some(&nodes[0])).await?;
+    let rev = revision(env, ns, "x-00001", 1, false, json!({})).await?;
+    wait_serving(env, &rev, 1, Some(&nodes[0])).await?;
 
     let missing = env.name("no-such-node");
     let (code, _, stderr) = run(&env.plane, &["defrag", &missing, "--dry-run"]).await?;
@@ -794,7 +769,7 @@ async fn bad_input_fails_with_a_clear_message_and_its_exit_code() -> Result<()> 
         stderr.contains("nothing to do: no Knative revision pod runs on it"),
         "{stderr}"
     );
-    let marks = node(&env, &nodes[1])
+    let marks = node(env, &nodes[1])
         .await?
         .metadata
         .annotations
@@ -815,7 +790,7 @@ async fn bad_input_fails_with_a_clear_message_and_its_exit_code() -> Result<()> 
         "the inventory shows what is missing:\n{stdout}"
     );
     ensure!(
-        !unschedulable(&node(&env, &nodes[0]).await?),
+        !unschedulable(&node(env, &nodes[0]).await?),
         "cordoned despite the error"
     );
 
@@ -834,10 +809,10 @@ async fn bad_input_fails_with_a_clear_message_and_its_exit_code() -> Result<()> 
     // With a PodAutoscaler, stdin not a terminal and no --yes: refused, nothing written.
     let mut pa = DynamicObject::new("x-00001", &pa_resource());
     pa.data = json!({"spec": {"protocolType": "http1"}});
-    Api::<DynamicObject>::namespaced_with(env.client.clone(), &ns, &pa_resource())
+    Api::<DynamicObject>::namespaced_with(env.client.clone(), ns, &pa_resource())
         .create(&PostParams::default(), &pa)
         .await?;
-    let before = versions(&env, &ns, &nodes[0]).await?;
+    let before = versions(env, ns, &nodes[0]).await?;
     let (code, stdout, stderr) = run(&env.plane, &["defrag", &nodes[0]]).await?;
     ensure!(code == 3, "non-interactive: exit {code}: {stderr}");
     ensure!(stdout.contains("Plan:"), "{stdout}");
@@ -846,10 +821,9 @@ async fn bad_input_fails_with_a_clear_message_and_its_exit_code() -> Result<()> 
         "{stderr}"
     );
     ensure!(
-        before == versions(&env, &ns, &nodes[0]).await?,
+        before == versions(env, ns, &nodes[0]).await?,
         "a refused run wrote something"
     );
 
-    delete_nodes(&env, &nodes).await;
-    env.cleanup().await
+    fx.finish().await
 }

@@ -27,6 +27,47 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+/// What a defrag test starts from: its own env and namespace, private GPU nodes, and the
+/// stand-in for Knative's autoscaler. [`Fixture::finish`] undoes it all.
+pub struct Fixture {
+    pub env: TestEnv,
+    pub ns: String,
+    pub nodes: Vec<String>,
+    autoscaler: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Fixture {
+    /// Nodes with `gpus` GPUs each, the ones marked in `cordoned` created unschedulable, and
+    /// the fake autoscaler keeping every PodAutoscaler's `actualScale` up to date.
+    pub async fn new(name: &str, gpus: &[u32], cordoned: &[bool]) -> Result<Self> {
+        let mut fx = Self::bare(name, gpus, cordoned).await?;
+        fx.autoscaler = Some(fake_autoscaler(fx.env.client.clone(), &fx.ns));
+        Ok(fx)
+    }
+
+    /// The same without the autoscaler: PodAutoscalers stay as the test writes them.
+    pub async fn bare(name: &str, gpus: &[u32], cordoned: &[bool]) -> Result<Self> {
+        let mut env = TestEnv::new(name).await?;
+        let ns = env.namespace("ns", &[]).await?;
+        let nodes = private_nodes(&env, gpus, cordoned).await?;
+        Ok(Self {
+            env,
+            ns,
+            nodes,
+            autoscaler: None,
+        })
+    }
+
+    /// Stops the autoscaler, deletes the nodes and the test's objects.
+    pub async fn finish(self) -> Result<()> {
+        if let Some(autoscaler) = self.autoscaler {
+            autoscaler.abort();
+        }
+        delete_nodes(&self.env, &self.nodes).await;
+        self.env.cleanup().await
+    }
+}
+
 /// Bound on every wait: a broken run fails instead of hanging.
 pub const WAIT: Duration = Duration::from_secs(90);
 /// Knative's revision label.
