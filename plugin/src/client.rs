@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::cli::Options;
-use crate::error::{Error, Result};
+use crate::error::{Error, Forbidden, Result};
 
 /// The group-qualified resource name of orgs, as kubectl and RBAC messages spell it.
 pub const ORGS: &str = "orgs.s2z.dev";
@@ -175,13 +175,13 @@ pub fn map_error(req: &Req, server: &str, err: kube::Error) -> Error {
                     server: server.to_string(),
                     why,
                 },
-                403 => Error::Forbidden {
+                403 => Error::Forbidden(Forbidden {
                     what,
                     verb: req.verb.to_string(),
                     resource: req.resource.to_string(),
                     namespace: req.namespace.clone(),
                     why,
-                },
+                }),
                 404 if req.resource.starts_with(ORGS) && type_missing(&status) => {
                     Error::NotInstalled {
                         what,

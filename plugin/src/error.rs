@@ -90,19 +90,8 @@ pub enum Error {
         why: String,
     },
     /// RBAC forbids the request.
-    #[error("failed to {what}: forbidden: {why}")]
-    Forbidden {
-        /// The request that failed.
-        what: String,
-        /// The verb that is missing, e.g. `patch`.
-        verb: String,
-        /// The resource, e.g. `orgs.s2z.dev` or `orgs.s2z.dev/status`.
-        resource: String,
-        /// The namespace, for namespaced resources.
-        namespace: Option<String>,
-        /// The API server's message (it names the user).
-        why: String,
-    },
+    #[error(transparent)]
+    Forbidden(Forbidden),
     /// Orgs named on the command line do not exist.
     #[error("failed to find {}: no such org", org_list(.names))]
     UnknownOrg {
@@ -142,6 +131,47 @@ fn org_list(names: &[String]) -> String {
     quoted.join(", ")
 }
 
+/// RBAC refused a request: which one, and the permission it needed. Shared by every subcommand
+/// (defrag keeps it as its own variant, with the same exit code and hint).
+#[derive(Debug, thiserror::Error)]
+#[error("failed to {what}: forbidden: {why}")]
+pub struct Forbidden {
+    /// The request that failed.
+    pub what: String,
+    /// The verb that is missing, e.g. `patch`.
+    pub verb: String,
+    /// The resource, e.g. `orgs.s2z.dev` or `orgs.s2z.dev/status`.
+    pub resource: String,
+    /// The namespace, for namespaced resources.
+    pub namespace: Option<String>,
+    /// The API server's message (it names the user).
+    pub why: String,
+}
+
+impl Forbidden {
+    /// Who can fix it, and the `kubectl auth can-i` that checks the fix (a subresource goes in
+    /// `--subresource`, as `can-i` wants it).
+    pub fn hint(&self) -> String {
+        let Forbidden {
+            verb,
+            resource,
+            namespace,
+            ..
+        } = self;
+        let (base, sub) = match resource.split_once('/') {
+            Some((base, sub)) => (base, format!(" --subresource={sub}")),
+            None => (resource.as_str(), String::new()),
+        };
+        let ns = namespace
+            .as_ref()
+            .map(|n| format!(" -n {n}"))
+            .unwrap_or_default();
+        format!(
+            "ask a cluster admin to grant `{verb}` on `{resource}`; check with `kubectl auth can-i {verb} {base}{sub}{ns}`"
+        )
+    }
+}
+
 impl Error {
     /// The documented exit code of this error.
     pub fn exit_code(&self) -> u8 {
@@ -152,7 +182,7 @@ impl Error {
                 exit::UNREACHABLE
             }
             Error::NotInstalled { .. } => exit::NOT_INSTALLED,
-            Error::Forbidden { .. } => exit::FORBIDDEN,
+            Error::Forbidden(_) => exit::FORBIDDEN,
             Error::UnknownOrg { .. } => exit::UNKNOWN_ORG,
             Error::Timeout { .. } => exit::TIMEOUT,
             Error::Output(e) if e.kind() == io::ErrorKind::BrokenPipe => exit::OK,
@@ -189,24 +219,7 @@ impl Error {
                 "install s2z with `kubectl apply -k manifests/`, or check --context and -n/--namespace"
                     .into(),
             ),
-            Error::Forbidden {
-                verb,
-                resource,
-                namespace,
-                ..
-            } => {
-                let (base, sub) = match resource.split_once('/') {
-                    Some((base, sub)) => (base, format!(" --subresource={sub}")),
-                    None => (resource.as_str(), String::new()),
-                };
-                let ns = namespace
-                    .as_ref()
-                    .map(|n| format!(" -n {n}"))
-                    .unwrap_or_default();
-                Some(format!(
-                    "ask a cluster admin to grant `{verb}` on `{resource}`; check with `kubectl auth can-i {verb} {base}{sub}{ns}`"
-                ))
-            }
+            Error::Forbidden(forbidden) => Some(forbidden.hint()),
             Error::UnknownOrg { .. } => {
                 Some("`kubectl s2z status` lists the orgs (`kubectl get orgs` too)".into())
             }
@@ -270,13 +283,13 @@ mod tests {
                 5,
             ),
             (
-                Error::Forbidden {
+                Error::Forbidden(Forbidden {
                     what: "x".into(),
                     verb: "patch".into(),
                     resource: "orgs.s2z.dev".into(),
                     namespace: None,
                     why: "no".into(),
-                },
+                }),
                 6,
             ),
             (
@@ -311,26 +324,26 @@ mod tests {
 
     #[test]
     fn forbidden_hint_names_verb_and_resource() {
-        let e = Error::Forbidden {
+        let e = Error::Forbidden(Forbidden {
             what: "patch orgs.s2z.dev/acme status".into(),
             verb: "patch".into(),
             resource: "orgs.s2z.dev/status".into(),
             namespace: None,
             why: "User \"x\" cannot patch".into(),
-        };
+        });
         assert_eq!(
             e.hint().as_deref(),
             Some(
                 "ask a cluster admin to grant `patch` on `orgs.s2z.dev/status`; check with `kubectl auth can-i patch orgs.s2z.dev --subresource=status`"
             )
         );
-        let e = Error::Forbidden {
+        let e = Error::Forbidden(Forbidden {
             what: "x".into(),
             verb: "get".into(),
             resource: "configmaps".into(),
             namespace: Some("s2z-system".into()),
             why: "no".into(),
-        };
+        });
         assert_eq!(
             e.hint().as_deref(),
             Some(

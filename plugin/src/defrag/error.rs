@@ -8,7 +8,7 @@ use std::io;
 use std::time::Duration;
 
 use crate::client::{Cluster, Req};
-use crate::error::{Error as PluginError, exit};
+use crate::error::{Error as PluginError, Forbidden, exit};
 
 /// Exit codes of `defrag`; 0-8 are the plugin's shared codes.
 pub mod code {
@@ -64,19 +64,8 @@ pub enum DefragError {
         why: String,
     },
     /// RBAC forbids a request.
-    #[error("failed to {what}: forbidden: {why}")]
-    Forbidden {
-        /// The request.
-        what: String,
-        /// Its verb.
-        verb: String,
-        /// Its resource.
-        resource: String,
-        /// Its namespace, if namespaced.
-        namespace: Option<String>,
-        /// The server's message.
-        why: String,
-    },
+    #[error(transparent)]
+    Forbidden(Forbidden),
     /// The node did not become safe (or the abort did not finish) in time.
     #[error("failed to {what} within {}: {pending}", humantime::format_duration(*.waited))]
     Timeout {
@@ -142,7 +131,7 @@ impl DefragError {
             DefragError::UnknownNode(_) => code::UNKNOWN_NODE,
             DefragError::NothingToDo { .. } => code::NOTHING_TO_DO,
             DefragError::MissingAutoscaler { .. } => code::MISSING_AUTOSCALER,
-            DefragError::Forbidden { .. } => code::FORBIDDEN,
+            DefragError::Forbidden(_) => code::FORBIDDEN,
             DefragError::Timeout { .. } => code::TIMEOUT,
             DefragError::Refused { .. } => code::REFUSED,
             DefragError::Interrupted { .. } => code::INTERRUPTED,
@@ -174,20 +163,7 @@ impl DefragError {
                 "defrag waits on the PodAutoscaler's status.actualScale (autoscaling.internal.knative.dev, same name as the revision) and the Deployment's replicas; check that Knative Serving is running (`kubectl get podautoscalers -A`)"
                     .into(),
             ),
-            DefragError::Forbidden {
-                verb,
-                resource,
-                namespace,
-                ..
-            } => {
-                let ns = namespace
-                    .as_ref()
-                    .map(|n| format!(" -n {n}"))
-                    .unwrap_or_default();
-                Some(format!(
-                    "ask a cluster admin to grant `{verb}` on `{resource}`; check with `kubectl auth can-i {verb} {resource}{ns}`"
-                ))
-            }
+            DefragError::Forbidden(forbidden) => Some(forbidden.hint()),
             DefragError::Timeout { node, .. } | DefragError::Interrupted { node, .. } => {
                 Some(resume_hint(node))
             }
@@ -211,19 +187,7 @@ impl DefragError {
 impl From<PluginError> for DefragError {
     fn from(error: PluginError) -> Self {
         match error {
-            PluginError::Forbidden {
-                what,
-                verb,
-                resource,
-                namespace,
-                why,
-            } => DefragError::Forbidden {
-                what,
-                verb,
-                resource,
-                namespace,
-                why,
-            },
+            PluginError::Forbidden(forbidden) => DefragError::Forbidden(forbidden),
             other => DefragError::Cluster(other),
         }
     }
@@ -265,13 +229,13 @@ mod tests {
                 11,
             ),
             (
-                DefragError::Forbidden {
+                DefragError::Forbidden(Forbidden {
                     what: "x".into(),
                     verb: "patch".into(),
                     resource: "nodes".into(),
                     namespace: None,
                     why: "no".into(),
-                },
+                }),
                 6,
             ),
             (

@@ -206,7 +206,7 @@ async fn watch(
                         .is_some_and(|n| selection.names.contains(n))
             }
             Err(e) => match watch_error(cluster, e) {
-                fatal @ (Error::Forbidden { .. } | Error::NotInstalled { .. }) => {
+                fatal @ (Error::Forbidden(_) | Error::NotInstalled { .. }) => {
                     return Err(fatal);
                 }
                 transient => {
