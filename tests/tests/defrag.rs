@@ -66,6 +66,22 @@ fn controlled(p: &Pod) -> bool {
         .any(|o| o.controller == Some(true))
 }
 
+/// `(uid, s2z.dev/defrag-orphaned-at)` of each of the revision's pods on `node`.
+async fn orphaned_at(env: &TestEnv, rev: &Rev, node: &str) -> Result<BTreeSet<(String, String)>> {
+    Ok(pods_of(env, rev)
+        .await?
+        .iter()
+        .filter(|p| node_of(p) == node)
+        .map(|p| {
+            let orphaned_at = annotations(p)
+                .get("s2z.dev/defrag-orphaned-at")
+                .cloned()
+                .unwrap_or_default();
+            (p.metadata.uid.clone().unwrap_or_default(), orphaned_at)
+        })
+        .collect())
+}
+
 #[tokio::test]
 async fn two_revisions_reach_safe_only_after_their_replacements_are_ready_elsewhere() -> Result<()>
 {
@@ -296,20 +312,7 @@ async fn a_killed_or_interrupted_run_is_resumed_by_running_it_again() -> Result<
         .get("s2z.dev/defrag-started-at")
         .cloned()
         .context("no start annotation on the node")?;
-    let before: BTreeSet<(String, String)> = pods_of(env, &rev)
-        .await?
-        .iter()
-        .filter(|p| node_of(p) == nodes[0])
-        .map(|p| {
-            let a = annotations(p);
-            (
-                p.metadata.uid.clone().unwrap_or_default(),
-                a.get("s2z.dev/defrag-orphaned-at")
-                    .cloned()
-                    .unwrap_or_default(),
-            )
-        })
-        .collect();
+    let before: BTreeSet<(String, String)> = orphaned_at(env, &rev, &nodes[0]).await?;
     ensure!(
         before.len() == 2 && before.iter().all(|(_, at)| !at.is_empty()),
         "{before:?}"
@@ -362,20 +365,7 @@ async fn a_killed_or_interrupted_run_is_resumed_by_running_it_again() -> Result<
         "{stdout}"
     );
     ensure!(stdout.contains(SAFE), "{stdout}");
-    let after: BTreeSet<(String, String)> = pods_of(env, &rev)
-        .await?
-        .iter()
-        .filter(|p| node_of(p) == nodes[0])
-        .map(|p| {
-            let a = annotations(p);
-            (
-                p.metadata.uid.clone().unwrap_or_default(),
-                a.get("s2z.dev/defrag-orphaned-at")
-                    .cloned()
-                    .unwrap_or_default(),
-            )
-        })
-        .collect();
+    let after: BTreeSet<(String, String)> = orphaned_at(env, &rev, &nodes[0]).await?;
     ensure!(
         before == after,
         "the orphans changed: {before:?} -> {after:?}"
