@@ -73,12 +73,7 @@ async fn org_goes_dormant_on_time_and_activity_wakes_it_with_declared_scale() ->
         ) == (1, 1, 1, 1),
         "{status:?}"
     );
-    let reasons: Vec<String> = fx
-        .events("default", "Org", &name)
-        .await?
-        .into_iter()
-        .filter_map(|e| e.reason)
-        .collect();
+    let reasons = fx.org_reasons(&name).await?;
     ensure!(reasons.contains(&"OrgDormant".to_string()), "{reasons:?}");
 
     // One signal wakes it at once and restores what the user declared.
@@ -253,12 +248,7 @@ async fn exempt_orgs_keep_their_declared_values() -> Result<()> {
         bert.len() == 1 && bert.get(MIN_SCALE).map(String::as_str) == Some("2"),
         "{bert:?}"
     );
-    let reasons: Vec<String> = fx
-        .events("default", "Org", &name)
-        .await?
-        .into_iter()
-        .filter_map(|e| e.reason)
-        .collect();
+    let reasons = fx.org_reasons(&name).await?;
     ensure!(reasons.contains(&"OrgExempt".to_string()), "{reasons:?}");
 
     // Allowed again: it is long idle, so dormant at once; exempt again: declared values back.

@@ -246,6 +246,13 @@ impl Fixture {
         Ok(events)
     }
 
+    /// The reasons of the Events about an Org (Orgs are cluster-scoped: their Events go to
+    /// `default`), oldest first.
+    pub async fn org_reasons(&self, org: &str) -> Result<Vec<String>> {
+        let events = self.events("default", "Org", org).await?;
+        Ok(events.into_iter().filter_map(|e| e.reason).collect())
+    }
+
     /// A ServiceAccount in the install namespace and a token for it; with `allowed`, a
     /// ClusterRole granting `create` on `orgs/activity` (named orgs only, when given) is bound
     /// to it.
