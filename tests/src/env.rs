@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use s2z_core::org::Org;
+use serde_json::{Value, json};
 
 use crate::plane::{Plane, cluster, knative_cluster};
 
@@ -20,6 +22,7 @@ pub struct TestEnv {
     /// A short unique id: `<test>-<pid>-<n>`, safe as a name and as a label value.
     pub id: String,
     namespaces: Vec<String>,
+    orgs: Vec<String>,
 }
 
 impl TestEnv {
@@ -55,6 +58,7 @@ impl TestEnv {
             client,
             id,
             namespaces: Vec::new(),
+            orgs: Vec::new(),
         }
     }
 
@@ -86,9 +90,47 @@ impl TestEnv {
         Ok(name)
     }
 
-    /// Deletes the namespaces this test made. Call at the end of a test that passed; a failed
-    /// test leaves them for inspection (the plane is thrown away by `down`).
+    /// Creates an Org `<id>-<suffix>` labelled `s2z.dev/test=<id>`, with `spec`, `annotations`
+    /// (`null` for none) and, when given, `status` (written through the status subresource, as
+    /// the controller writes it).
+    pub async fn org(
+        &mut self,
+        suffix: &str,
+        spec: Value,
+        annotations: Value,
+        status: Option<Value>,
+    ) -> Result<String> {
+        let name = self.name(suffix);
+        let org: Org = serde_json::from_value(json!({
+            "apiVersion": "s2z.dev/v1alpha1",
+            "kind": "Org",
+            "metadata": {"name": name, "labels": {"s2z.dev/test": self.id}, "annotations": annotations},
+            "spec": spec,
+        }))?;
+        let api: Api<Org> = Api::all(self.client.clone());
+        api.create(&PostParams::default(), &org)
+            .await
+            .with_context(|| format!("failed to create org {name}"))?;
+        self.orgs.push(name.clone());
+        if let Some(status) = status {
+            api.patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": status })),
+            )
+            .await
+            .with_context(|| format!("failed to set the status of org {name}"))?;
+        }
+        Ok(name)
+    }
+
+    /// Deletes the orgs and namespaces this test made. Call at the end of a test that passed; a
+    /// failed test leaves them for inspection (the plane is thrown away by `down`).
     pub async fn cleanup(self) -> Result<()> {
+        let orgs = Api::<Org>::all(self.client.clone());
+        for org in &self.orgs {
+            orgs.delete(org, &DeleteParams::default()).await.ok();
+        }
         let api = Api::<Namespace>::all(self.client.clone());
         for ns in &self.namespaces {
             api.delete(ns, &DeleteParams::background()).await.ok();

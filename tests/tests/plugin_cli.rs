@@ -156,7 +156,6 @@ struct Fixture {
     env: TestEnv,
     /// The per-test install namespace, passed as `-n`.
     sys: String,
-    orgs: Vec<String>,
 }
 
 impl Fixture {
@@ -164,11 +163,7 @@ impl Fixture {
         let mut env = TestEnv::new(test).await?;
         ensure_crd(&env.client).await?;
         let sys = env.namespace("sys", &[]).await?;
-        Ok(Fixture {
-            env,
-            sys,
-            orgs: Vec::new(),
-        })
+        Ok(Fixture { env, sys })
     }
 
     /// `kubectl s2z -n <sys> <args>`.
@@ -212,28 +207,7 @@ impl Fixture {
         annotations: Value,
         status: Option<Value>,
     ) -> Result<String> {
-        let name = self.env.name(suffix);
-        let org: Org = serde_json::from_value(json!({
-            "apiVersion": "s2z.dev/v1alpha1",
-            "kind": "Org",
-            "metadata": {"name": name, "labels": {"s2z.dev/test": self.env.id}, "annotations": annotations},
-            "spec": spec,
-        }))?;
-        let api: Api<Org> = Api::all(self.env.client.clone());
-        api.create(&PostParams::default(), &org)
-            .await
-            .with_context(|| format!("failed to create org {name}"))?;
-        self.orgs.push(name.clone());
-        if let Some(status) = status {
-            api.patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": status})),
-            )
-            .await
-            .with_context(|| format!("failed to set the status of org {name}"))?;
-        }
-        Ok(name)
+        self.env.org(suffix, spec, annotations, status).await
     }
 
     async fn get_org(&self, name: &str) -> Result<Org> {
@@ -246,10 +220,6 @@ impl Fixture {
     }
 
     async fn cleanup(self) -> Result<()> {
-        let api: Api<Org> = Api::all(self.env.client.clone());
-        for org in &self.orgs {
-            api.delete(org, &DeleteParams::default()).await.ok();
-        }
         self.env.cleanup().await
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use s2z_core::labels::{DECLARED_ANNOTATION, INITIAL_SCALE, MIN_SCALE, MODEL_LABEL, RETENTION};
 use s2z_core::org::Org;
@@ -29,7 +29,6 @@ struct Fixture {
     env: TestEnv,
     webhook: WebhookProcess,
     mwc: String,
-    orgs: Vec<String>,
     probes: u32,
 }
 
@@ -84,7 +83,6 @@ impl Fixture {
             env,
             webhook,
             mwc,
-            orgs: Vec::new(),
             probes: 0,
         })
     }
@@ -92,27 +90,7 @@ impl Fixture {
     /// Creates the Org `<id>-<suffix>`, then sets its status (through the status subresource,
     /// as the controller does) when `status` is given.
     async fn org(&mut self, suffix: &str, spec: Value, status: Option<Value>) -> Result<String> {
-        let name = self.env.name(suffix);
-        let org: Org = serde_json::from_value(json!({
-            "apiVersion": "s2z.dev/v1alpha1", "kind": "Org",
-            "metadata": {"name": name, "labels": {"s2z.dev/test": self.env.id}},
-            "spec": spec,
-        }))?;
-        let orgs = Api::<Org>::all(self.env.client.clone());
-        orgs.create(&PostParams::default(), &org)
-            .await
-            .with_context(|| format!("failed to create org {name}"))?;
-        self.orgs.push(name.clone());
-        if let Some(status) = status {
-            orgs.patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": status})),
-            )
-            .await
-            .with_context(|| format!("failed to set the status of org {name}"))?;
-        }
-        Ok(name)
+        self.env.org(suffix, spec, Value::Null, status).await
     }
 
     /// A namespace of `org`, matched by this test's webhook configuration.
@@ -184,10 +162,6 @@ impl Fixture {
     async fn cleanup(mut self) -> Result<()> {
         self.webhook.kill();
         delete_mwc(&self.env.client, &self.mwc).await?;
-        let orgs = Api::<Org>::all(self.env.client.clone());
-        for org in &self.orgs {
-            orgs.delete(org, &DeleteParams::default()).await.ok();
-        }
         self.env.cleanup().await
     }
 }

@@ -50,7 +50,6 @@ pub struct Fixture {
     pub sys: String,
     /// Knative namespace with this test's `config-autoscaler`.
     pub knative: String,
-    orgs: Vec<String>,
     cluster_rbac: Vec<String>,
 }
 
@@ -87,7 +86,6 @@ impl Fixture {
             env,
             sys,
             knative,
-            orgs: Vec::new(),
             cluster_rbac: Vec::new(),
         };
         fx.set_settings(settings).await?;
@@ -145,18 +143,7 @@ impl Fixture {
 
     /// Creates an org `<id>-<suffix>` labelled for this test.
     pub async fn org(&mut self, suffix: &str, spec: Value) -> Result<String> {
-        let name = self.env.name(suffix);
-        let org: Org = serde_json::from_value(json!({
-            "apiVersion": "s2z.dev/v1alpha1", "kind": "Org",
-            "metadata": {"name": name, "labels": {"s2z.dev/test": self.env.id}},
-            "spec": spec,
-        }))?;
-        self.orgs_api()
-            .create(&PostParams::default(), &org)
-            .await
-            .with_context(|| format!("failed to create org {name}"))?;
-        self.orgs.push(name.clone());
-        Ok(name)
+        self.env.org(suffix, spec, Value::Null, None).await
     }
 
     /// Creates a namespace of `org`.
@@ -307,10 +294,6 @@ impl Fixture {
 
     /// Deletes what the test made (orgs, cluster RBAC, namespaces).
     pub async fn cleanup(self) -> Result<()> {
-        let orgs = self.orgs_api();
-        for org in &self.orgs {
-            orgs.delete(org, &DeleteParams::default()).await.ok();
-        }
         let client = self.env.client.clone();
         for name in &self.cluster_rbac {
             Api::<ClusterRoleBinding>::all(client.clone())
