@@ -273,13 +273,7 @@ pub fn format_go_duration(duration: std::time::Duration) -> String {
 mod tests {
     use super::*;
     use crate::labels::*;
-
-    fn anns(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::testing::map as anns;
 
     fn strict(allow_zero: bool, limit: Option<u32>) -> KnativeConfig {
         KnativeConfig {

@@ -4,16 +4,10 @@ use super::*;
 use crate::labels::{
     INITIAL_SCALE_CAMEL, MAX_SCALE, MAX_SCALE_CAMEL, MIN_SCALE_CAMEL, RETENTION_CAMEL,
 };
+use crate::testing::map as anns;
 
 const STATES: [OrgState; 3] = [OrgState::Active, OrgState::Dormant, OrgState::Exempt];
 const TARGET: &str = "autoscaling.knative.dev/target";
-
-fn anns(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 fn input(state: OrgState, annotations: &BTreeMap<String, String>) -> DecisionInput<'_> {
     DecisionInput {

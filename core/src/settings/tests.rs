@@ -1,6 +1,7 @@
 //! Tests of settings parsing, rendering and checks.
 
 use super::*;
+use crate::testing::map as data;
 
 fn rl(s: &str) -> RateLimit {
     match s.parse() {
@@ -11,13 +12,6 @@ fn rl(s: &str) -> RateLimit {
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
-}
-
-fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 #[test]

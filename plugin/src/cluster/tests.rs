@@ -25,14 +25,11 @@ fn pods_count_gpus_like_the_scheduler() -> serde_json::Result<()> {
 
 #[test]
 fn a_bad_setting_falls_back_to_its_default_only() {
-    let data: BTreeMap<String, String> = [
+    let data = s2z_core::testing::map(&[
         ("orgDormancyPeriodSecs", "7200"),
         ("orgWarmupRatelimitStr", "lots"),
         ("typo", "1"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    ]);
     let view = SettingsView::from_data("s2z-system", Some(data));
     assert_eq!(view.settings.dormancy_period.as_secs(), 7200);
     assert_eq!(

@@ -1,16 +1,10 @@
 use super::*;
+use s2z_core::testing::map as data;
 
 fn set(f: impl FnOnce(&mut SetArgs)) -> SetArgs {
     let mut args = SetArgs::default();
     f(&mut args);
     args
-}
-
-fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 #[test]

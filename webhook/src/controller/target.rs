@@ -146,7 +146,6 @@ pub async fn detect(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn v(major: u64, minor: u64) -> KnativeVersion {
         KnativeVersion { major, minor }
@@ -179,12 +178,7 @@ mod tests {
 
     #[test]
     fn labels_name_the_release() {
-        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        };
+        let labels = s2z_core::testing::map;
         assert_eq!(
             version_from_labels(&labels(&[(KNATIVE_VERSION_LABEL, "1.20.1")])),
             Some(v(1, 20))
