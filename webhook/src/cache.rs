@@ -99,7 +99,7 @@ impl Caches {
     }
 
     /// Caches filled once from the given objects and marked synced, with no watch behind them:
-    /// the real stores without an API server, for benchmarks (`benches/mutate.rs`) and tests.
+    /// the real stores without an API server, for benchmarks (`benches/mutate/`) and tests.
     /// ConfigMaps are placed by name: `s2z-settings` and `config-autoscaler`.
     pub fn preloaded(
         scope: CacheScope,
@@ -282,7 +282,7 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Drops what no reader of the caches (nor the controller's Org store) uses before an object is
 /// stored: `metadata.managedFields` (two thirds of a watched Org's memory: 12.6 KiB per org and
-/// namespace with them, 4 KiB without, measured by `benches/mutate.rs`) and kubectl's
+/// namespace with them, 4 KiB without, measured by `benches/mutate/`) and kubectl's
 /// last-applied annotation.
 pub(crate) fn slim<K: Resource>(object: &mut K) {
     let meta = object.meta_mut();
