@@ -37,8 +37,8 @@ knative-up: $(CLUSTER) $(KNATIVE)
 knative-down:
 	@if [ -x $(CLUSTER) ]; then $(CLUSTER) down --state-dir $(KNATIVE_STATE_DIR); fi
 
-## test: everything CI runs: formatting, lints, generated files, unit tests and integration tests
-test: build check-generated
+## test: everything CI runs: formatting, lints, generated files, manifests, unit tests and integration tests
+test: build check-generated check-manifests
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(CLUSTER) up --state-dir $(STATE_DIR)
@@ -116,7 +116,8 @@ webhook-local:
 	cargo build -p s2z-webhook
 	manifests/overlays/local/install.sh
 
-## check-manifests: every kustomize overlay renders (self-signed with a throwaway certificate)
+## check-manifests: every kustomize overlay renders (self-signed with a throwaway certificate), and
+## the prometheus-operator component on top of one
 check-manifests: $(CLUSTER)
 	tests/cluster/bin/kubectl kustomize manifests/base >/dev/null
 	tests/cluster/bin/kubectl kustomize manifests/overlays/cert-manager >/dev/null
@@ -124,7 +125,11 @@ check-manifests: $(CLUSTER)
 	tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && cp -r manifests $$tmp/ && \
 	  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=check \
 	    -keyout $$tmp/manifests/overlays/self-signed/tls.key -out $$tmp/manifests/overlays/self-signed/tls.crt 2>/dev/null && \
-	  tests/cluster/bin/kubectl kustomize $$tmp/manifests/overlays/self-signed | grep -q caBundle
+	  tests/cluster/bin/kubectl kustomize $$tmp/manifests/overlays/self-signed | grep -q caBundle && \
+	  mkdir $$tmp/manifests/overlays/with-monitoring && \
+	  printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../cert-manager]\ncomponents: [../../components/prometheus-operator]\n' \
+	    > $$tmp/manifests/overlays/with-monitoring/kustomization.yaml && \
+	  tests/cluster/bin/kubectl kustomize $$tmp/manifests/overlays/with-monitoring | grep -q 'kind: ServiceMonitor'
 	@echo "check-manifests: ok"
 
 ## clean: stop every plane this checkout started (cluster, Knative, demo, demo-check, bench-spike)
