@@ -11,13 +11,17 @@ KNATIVE_SRC := $(shell find tests/knative/cmd -name '*.go') tests/knative/go.mod
 export S2Z_STATE_DIR := $(STATE_DIR)
 export S2Z_KNATIVE_STATE_DIR := $(KNATIVE_STATE_DIR)
 
-.PHONY: all build cluster cluster-up cluster-down knative-up knative-down test unit integration lint demo demo-down bench bench-webhook bench-status bench-dormancy bench-spike webhook-local check-manifests generate check-generated clean
+.PHONY: all build cluster cluster-up cluster-down knative-up knative-down test unit integration lint demo demo-down bench bench-webhook bench-status bench-dormancy bench-spike webhook-local check-manifests generate check-generated clean packages
 
 all: build
 
 ## build: the Rust workspace (webhook, plugin), the local control plane and real Knative Serving
-build: $(CLUSTER) $(KNATIVE)
+build: packages $(CLUSTER) $(KNATIVE)
 	cargo build --workspace --bins
+
+## packages: the Debian packages the demo and the tests use (openssl, iproute2), installed if missing
+packages:
+	@scripts/ensure-packages
 
 $(CLUSTER): $(GO_SRC)
 	tests/cluster/build

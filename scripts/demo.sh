@@ -31,7 +31,7 @@ if [[ ${DEMO_KNATIVE:-1} == 1 && $(id -u) == 0 ]]; then knative=(--knative); fi
 
 step "Building the control plane (Go)${knative:+, Knative Serving (Go)} and s2z (Rust); a first build takes a while, later ones seconds"
 # Targets relative to the Makefile, so make knows how to build them from a fresh clone.
-make --no-print-directory tests/cluster/bin/s2z-cluster ${knative:+tests/knative/bin/knative-version}
+make --no-print-directory packages tests/cluster/bin/s2z-cluster ${knative:+tests/knative/bin/knative-version}
 cargo build --bins -p s2z-webhook -p kubectl-s2z
 export PATH=$root/target/debug:$root/tests/cluster/bin:$PATH
 step "Starting the local control plane ${knative[*]:-(Knative CRDs only: real Knative needs root)}"
