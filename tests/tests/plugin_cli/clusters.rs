@@ -89,7 +89,7 @@ async fn a_cluster_without_s2z_fails_with_exit_5() -> Result<()> {
 #[tokio::test]
 async fn rbac_refusals_name_the_verb_and_resource() -> Result<()> {
     let mut fx = Fixture::new("plg-rbac").await?;
-    let org = fx.org("a", json!({}), json!({}), None).await?;
+    let org = fx.env.org("a", json!({}), json!({}), None).await?;
     let restricted = fx.env.plane.restricted_kubeconfig.clone();
     let as_restricted = |args: &[&str]| -> Result<Run> {
         let mut full = vec!["-n", fx.sys.as_str()];

@@ -55,6 +55,7 @@ async fn status_shows_states_workloads_pods_and_gpus() -> Result<()> {
     ])
     .await?;
     let active = fx
+        .env
         .org(
             "act",
             json!({}),
@@ -63,6 +64,7 @@ async fn status_shows_states_workloads_pods_and_gpus() -> Result<()> {
         )
         .await?;
     let dormant = fx
+        .env
         .org(
             "dor",
             json!({}),
@@ -71,6 +73,7 @@ async fn status_shows_states_workloads_pods_and_gpus() -> Result<()> {
         )
         .await?;
     let exempt = fx
+        .env
         .org("exm", json!({"scaleToZeroAllowed": false}), json!({}), None)
         .await?;
     let ns = fx.org_namespace("act-ns", &active).await?;
@@ -213,7 +216,7 @@ async fn status_pages_through_more_revisions_than_one_page() -> Result<()> {
     // The plugin lists 500 objects per page by default; 520 revisions need a continue token.
     const COUNT: usize = 520;
     let mut fx = Fixture::new("plg-pages").await?;
-    let org = fx.org("a", json!({}), json!({}), None).await?;
+    let org = fx.env.org("a", json!({}), json!({}), None).await?;
     let ns = fx.org_namespace("a-ns", &org).await?;
     let client = fx.env.client.clone();
     futures::stream::iter(0..COUNT)
@@ -263,7 +266,7 @@ async fn status_warns_when_the_rate_limit_outlasts_the_dormancy_period() -> Resu
         ("orgWarmupRatelimitStr", "2/hour"),
     ])
     .await?;
-    let org = fx.org("a", json!({}), json!({}), None).await?;
+    let org = fx.env.org("a", json!({}), json!({}), None).await?;
     let run = fx.s2z(&["status", &org])?;
     run.code(0);
     assert!(
@@ -281,7 +284,7 @@ async fn status_warns_when_the_rate_limit_outlasts_the_dormancy_period() -> Resu
 #[tokio::test]
 async fn status_watch_prints_again_when_an_org_changes() -> Result<()> {
     let mut fx = Fixture::new("plg-watch").await?;
-    let org = fx.org("a", json!({}), json!({}), None).await?;
+    let org = fx.env.org("a", json!({}), json!({}), None).await?;
     let mut child = s2z_command(&fx.env.plane, &["-n", &fx.sys, "status", &org, "--watch"])?
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

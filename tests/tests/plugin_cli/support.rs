@@ -186,19 +186,18 @@ impl Fixture {
         Ok(cm.map(|cm| cm.data.unwrap_or_default()))
     }
 
-    /// Creates an org labelled with this test's id, with an optional status and annotations.
-    pub(crate) async fn org(
-        &mut self,
-        suffix: &str,
-        spec: Value,
-        annotations: Value,
-        status: Option<Value>,
-    ) -> Result<String> {
-        self.env.org(suffix, spec, annotations, status).await
-    }
-
     pub(crate) async fn get_org(&self, name: &str) -> Result<Org> {
         Ok(Api::<Org>::all(self.env.client.clone()).get(name).await?)
+    }
+
+    /// Whether the org carries a `kubectl s2z sleep` request.
+    pub(crate) async fn has_sleep_request(&self, name: &str) -> Result<bool> {
+        let org = self.get_org(name).await?;
+        Ok(org
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(SLEEP))
     }
 
     /// A namespace of `org`.

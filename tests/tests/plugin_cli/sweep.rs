@@ -20,6 +20,7 @@ async fn idle_org(fx: &mut Fixture) -> Result<(String, String)> {
     ])
     .await?;
     let org = fx
+        .env
         .org(
             "idle",
             json!({}),
@@ -51,6 +52,7 @@ async fn sweep_dry_run_lists_flips_and_revision_changes_and_writes_nothing() -> 
     let mut fx = Fixture::new("plg-dryrun").await?;
     let (idle, ns) = idle_org(&mut fx).await?;
     let busy = fx
+        .env
         .org(
             "busy",
             json!({}),

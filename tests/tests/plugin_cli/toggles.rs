@@ -10,6 +10,7 @@ use crate::support::{Fixture, SLEEP, ago, org_row};
 async fn toggles_write_the_org() -> Result<()> {
     let mut fx = Fixture::new("plg-toggle").await?;
     let org = fx
+        .env
         .org(
             "a",
             json!({}),
@@ -76,27 +77,13 @@ async fn toggles_write_the_org() -> Result<()> {
         run.stdout.contains("put to sleep until its next activity"),
         "{run:#?}"
     );
-    assert!(
-        fx.get_org(&org)
-            .await?
-            .metadata
-            .annotations
-            .unwrap_or_default()
-            .contains_key(SLEEP)
-    );
+    assert!(fx.has_sleep_request(&org).await?);
     let report = fx.s2z(&["status", &org, "-o", "json"])?.json()?;
     assert_eq!(org_row(&report, &org)?["state"], "Dormant");
 
     // Waking removes the sleep request.
     fx.s2z(&["wake", &org])?.code(0);
-    assert!(
-        !fx.get_org(&org)
-            .await?
-            .metadata
-            .annotations
-            .unwrap_or_default()
-            .contains_key(SLEEP)
-    );
+    assert!(!fx.has_sleep_request(&org).await?);
     let report = fx.s2z(&["status", &org, "-o", "json"])?.json()?;
     assert_eq!(org_row(&report, &org)?["state"], "Active");
     fx.cleanup().await
@@ -105,7 +92,7 @@ async fn toggles_write_the_org() -> Result<()> {
 #[tokio::test]
 async fn unknown_orgs_fail_with_exit_7_and_write_nothing() -> Result<()> {
     let mut fx = Fixture::new("plg-unknown").await?;
-    let known = fx.org("a", json!({}), json!({}), None).await?;
+    let known = fx.env.org("a", json!({}), json!({}), None).await?;
     let missing = fx.env.name("nope");
     for cmd in ["enable", "disable", "wake", "sleep", "status", "sweep"] {
         let run = fx.s2z(&[cmd, &known, &missing])?;
