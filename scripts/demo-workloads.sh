@@ -6,6 +6,9 @@
 # shellcheck shell=bash
 
 image="example.invalid/s2z-demo@sha256:$(printf '%064d' 0)"
+# Knative's stable window for the demo's revisions (upstream default 60s; 6s is the minimum), so
+# that an idle revision with min-scale 0 is seen scaling to zero within seconds.
+window=${DEMO_WINDOW:-10s}
 
 has_knative() { [[ $(kubectl get cm -n knative-serving config-deployment -o name 2>/dev/null) ]]; }
 
@@ -19,6 +22,8 @@ kind: Service
 metadata: {name: pynode, namespace: $org}
 spec:
   template:
+    metadata:
+      annotations: {autoscaling.knative.dev/window: "$window"}
     spec:
       containers:
         - image: $image
@@ -34,7 +39,7 @@ spec:
   template:
     metadata:
       labels: {serving.kserve.io/inferenceservice: model, component: predictor}
-      annotations: {autoscaling.knative.dev/min-scale: "2"}
+      annotations: {autoscaling.knative.dev/min-scale: "2", autoscaling.knative.dev/window: "$window"}
     spec:
       containers:
         - image: $image
@@ -82,6 +87,19 @@ wait_warm() {
       done
     done
   done
+}
+
+# wait_pods_gone ORG: with Knative, wait until none of the org's pods is left (Knative's
+# autoscaler scales each idle revision with min-scale 0 to zero).
+wait_pods_gone() {
+  has_knative || return 0
+  local org=$1 left
+  for _ in $(seq 1 900); do
+    left=$(kubectl get pods -n "$org" -o name 2>/dev/null | wc -l)
+    [[ $left -eq 0 ]] && return 0
+    sleep 0.2
+  done
+  return 1
 }
 
 # report_redeploy ORG...: per org, the revisions the redeploy created and the pods they started.

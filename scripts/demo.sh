@@ -89,6 +89,14 @@ done
 [[ $(kubectl get org sleepy -o jsonpath='{.status.state}') == Dormant ]] || fail "sleepy did not go dormant"
 kubectl get events --field-selector involvedObject.name=sleepy,involvedObject.kind=Org -o custom-columns=REASON:.reason,MESSAGE:.message 2>/dev/null | tail -n 2 || true
 run kubectl s2z status
+if has_knative; then
+  step "Waiting for Knative to scale sleepy to zero (its revisions now say min-scale 0; the autoscaler sees no traffic)"
+  start=$SECONDS
+  wait_pods_gone sleepy || fail "sleepy still has pods: $(kubectl get pods -n sleepy -o name | tr '\n' ' ')"
+  echo "sleepy's pods are gone after $((SECONDS - start))s: Knative scaled every revision to zero"
+  kubectl get podautoscalers -n sleepy -o custom-columns='REVISION:.metadata.name,DESIRED:.status.desiredScale,ACTUAL:.status.actualScale'
+  run kubectl s2z status
+fi
 
 step "Redeploying every pynode and model of every org (a new revision each)"
 for org in acme sleepy vip; do deploy_workloads "$org" 2; done

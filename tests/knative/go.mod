@@ -6,6 +6,7 @@ module s2z.dev/tests/knative
 go 1.26.0
 
 tool (
+	knative.dev/serving/cmd/activator
 	knative.dev/serving/cmd/autoscaler
 	knative.dev/serving/cmd/controller
 	knative.dev/serving/cmd/webhook

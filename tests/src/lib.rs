@@ -4,9 +4,11 @@
 //! [`cluster`] connects to a running plane or starts one; [`TestEnv`] gives each test its own
 //! namespaces and orgs so tests run in parallel without interfering.
 
+pub mod activator;
 pub mod env;
 pub mod nodes;
 pub mod plane;
+pub mod scale;
 pub mod spike;
 pub mod tls;
 pub mod webhook;

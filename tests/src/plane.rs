@@ -27,6 +27,10 @@ pub struct Plane {
     /// The Knative release, e.g. `knative-v1.23.0`, when `knative` is set.
     #[serde(default)]
     pub knative_release: Option<String>,
+    /// Where Knative's activator takes requests from this host, e.g. `http://10.213.0.2:8012`,
+    /// when `knative` is set (see [`crate::activator`]).
+    #[serde(default, rename = "activatorURL")]
+    pub activator_url: Option<String>,
 }
 
 /// The repository root, found from this crate's manifest directory.

@@ -1,12 +1,20 @@
 package main
 
-// `up --knative`: the real Knative Serving webhook, controller and autoscaler, built by
-// tests/knative/build from the knative.dev/serving Go module, run as separate processes against
-// this plane, with upstream's CRDs, ConfigMaps and webhook registrations read from that module.
+// `up --knative`: the real Knative Serving webhook, controller, autoscaler and activator, built
+// by tests/knative/build from the knative.dev/serving Go module, run as separate processes against
+// this plane, with upstream's CRDs, ConfigMaps and webhook registrations read from that module,
+// and s2z-podnet answering for every KWOK pod as its queue-proxy (netns.go has the network).
 //
-// Not run, because they need real networking: the activator, any ingress and the net-*
-// controllers. Routes therefore wait for an Ingress that nothing reconciles, and a ksvc never
-// becomes Ready; Configurations, Revisions, Deployments and PodAutoscalers do their real work.
+// So the scale loop is Knative's own: the autoscaler scrapes each pod's stats, scales idle
+// revisions to zero, and the activator, sent a request for a revision at zero, reports it and
+// scales it back up, then proxies the request to the new pod.
+//
+// Not run: an ingress and the net-* controllers, and cluster DNS or Service virtual IPs. Routes
+// therefore wait for an Ingress that nothing reconciles, and a ksvc never becomes Ready;
+// requests go to the activator directly, with the headers an ingress would set. Without Service
+// IPs the autoscaler cannot probe a revision's public Service for the activator before scaling to
+// zero, so config-autoscaler keeps the activator always in the path (target-burst-capacity -1,
+// an upstream setting under which the autoscaler skips that probe).
 
 import (
 	"bytes"
@@ -14,27 +22,43 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 )
 
 // knativeOrder is started after startOrder, only with --knative; like startOrder, it is stopped
 // in reverse.
-var knativeOrder = []string{"knative-webhook", "knative-controller", "knative-autoscaler"}
+var knativeOrder = []string{"knative-webhook", "knative-controller", "knative-podnet", "knative-autoscaler", "knative-activator"}
 
 // allComponents is every component a plane may record, in start order.
 func allComponents() []string {
 	return append(append([]string{}, startOrder...), knativeOrder...)
 }
 
-// knativeAutoscalerPodIP is the address the autoscaler advertises for its stat websocket (env
-// POD_IP, required; it is written to an EndpointSlice, which refuses loopback addresses). Only an
-// activator or a second autoscaler would connect to it, and neither runs here.
-const knativeAutoscalerPodIP = "10.1.0.2"
+// Fixed ports inside s2z-kn-N, as in the pods upstream's Deployments make: the autoscaler's stat
+// websocket (cmd/autoscaler statsServerAddr) and the activator's HTTP/1 and h2c ports
+// (networking.BackendHTTPPort, BackendHTTP2Port). Each binary also serves pprof, on 8008 by
+// default; two share the namespace, so the activator's moves.
+const (
+	autoscalerStatsPort     = 8080
+	activatorHTTPPort       = 8012
+	activatorH2CPort        = 8013
+	activatorProfilingPort  = 8009
+	autoscalerProfilingPort = 8008
+)
+
+// activatorHosts is /etc/hosts for the activator (s2z-knative-run --hosts): it dials the
+// autoscaler by its Service's name, and the autoscaler listens in the same namespace.
+const activatorHosts = `127.0.0.1 localhost
+127.0.0.1 autoscaler.knative-serving.svc.cluster.local autoscaler.knative-serving.svc autoscaler.knative-serving autoscaler
+`
 
 // defaultKnativeBinDir is tests/knative/bin, found from this binary's place in tests/cluster/bin.
 func defaultKnativeBinDir() string {
@@ -51,7 +75,7 @@ func defaultKnativeBinDir() string {
 // knativeRelease reads what tests/knative/build recorded: the release ("knative-v1.23.0") and
 // the knative.dev/serving module version ("v0.50.0").
 func knativeRelease(binDir string) (release, module string, err error) {
-	for _, name := range []string{"controller", "autoscaler", "webhook", "s2z-knative-run"} {
+	for _, name := range []string{"controller", "autoscaler", "webhook", "activator", "s2z-knative-run", "s2z-podnet"} {
 		if _, err := os.Stat(filepath.Join(binDir, name)); err != nil {
 			return "", "", fmt.Errorf("Knative is not built (%v): run tests/knative/build", err)
 		}
@@ -203,6 +227,65 @@ ports:
 `, ip.String(), port)
 }
 
+// activatorRoute is activator-service with the Endpoints a Service selecting the activator's
+// pod would get. The ServerlessService reconciler copies these into each revision's public
+// Endpoints when the activator is in the path; it reads v1 Endpoints.
+func activatorRoute(ip net.IP) string {
+	return fmt.Sprintf(`---
+apiVersion: v1
+kind: Service
+metadata:
+  name: activator-service
+  namespace: knative-serving
+  labels:
+    app: activator
+    app.kubernetes.io/component: activator
+    app.kubernetes.io/name: knative-serving
+    s2z.dev/out-of-cluster: "true"
+spec:
+  ports:
+    - {name: http-profiling, port: 8008, targetPort: %[3]d}
+    - {name: http, port: 80, targetPort: %[2]d}
+    - {name: http2, port: 81, targetPort: %[4]d}
+---
+apiVersion: v1
+kind: Endpoints
+metadata:
+  name: activator-service
+  namespace: knative-serving
+  labels:
+    app: activator
+    s2z.dev/out-of-cluster: "true"
+subsets:
+  - addresses: [{ip: "%[1]s"}]
+    ports:
+      - {name: http-profiling, port: %[3]d, protocol: TCP}
+      - {name: http, port: %[2]d, protocol: TCP}
+      - {name: http2, port: %[4]d, protocol: TCP}
+`, ip.String(), activatorHTTPPort, activatorProfilingPort, activatorH2CPort)
+}
+
+// activatorReady asks the activator's health handler, as a kubelet's readiness probe does.
+func activatorReady(ctx context.Context, ip string) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://%s:%d/healthz", ip, activatorHTTPPort), nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("User-Agent", "kube-probe/s2z-cluster")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("activator health: HTTP %d: %s", resp.StatusCode, strings.TrimSpace(string(body)))
+	}
+	return nil
+}
+
 // installKnative applies upstream's namespace, CRDs, ConfigMaps and webhook Secret, under their
 // own field manager so that our settings, applied next, override only what they set.
 func installKnative(o upOptions, kubectl func(stdin []byte, args ...string) error) error {
@@ -216,28 +299,28 @@ func installKnative(o upOptions, kubectl func(stdin []byte, args ...string) erro
 	return kubectl(nil, "wait", "--for=condition=Established", "crd", "-l", "knative.dev/crd-install=true", "--timeout=60s")
 }
 
-// startKnative makes the webhook reachable, registers it, and starts the webhook, controller and
-// autoscaler, waiting until each works.
+// startKnative makes the webhook reachable, registers it, and starts the webhook, controller,
+// pod network, autoscaler and activator, waiting until each works. It returns the activator's URL.
 func startKnative(ctx context.Context, o upOptions, admin string, ports map[string]int,
-	kubectl func(stdin []byte, args ...string) error) error {
+	kubectl func(stdin []byte, args ...string) error) (string, error) {
 	apiPort := ports["apiserver"]
 	netns, err := createWebhookNetns(o.stateDir)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if err := freePorts(ports, "knative-webhook", "knative-webhook-profiling"); err != nil {
-		return err
+		return "", err
 	}
 	route := knativeWebhookRoute(netns.innerIP(), ports["knative-webhook"])
 	if err := kubectl([]byte(route), "apply", "--server-side", "--force-conflicts", "-f", "-"); err != nil {
-		return err
+		return "", err
 	}
 	registrations, err := knativeWebhookRegistrations(o.knativeBinDir, o.knativeRelease)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if err := kubectl(registrations, "apply", "--server-side", "--force-conflicts", "--field-manager=knative-release", "-f", "-"); err != nil {
-		return err
+		return "", err
 	}
 
 	run := filepath.Join(o.knativeBinDir, "s2z-knative-run")
@@ -262,7 +345,7 @@ func startKnative(ctx context.Context, o upOptions, admin string, ports map[stri
 			fmt.Sprintf("PROFILING_PORT=%d", ports["knative-webhook-profiling"]),
 		),
 		"--netns", "--join="+netns.path(), apiAddr, "--", bin("webhook"), "--kubeconfig="+admin); err != nil {
-		return err
+		return "", err
 	}
 	// Ready when the webhook has reconciled its registrations (CA bundle and rules) and the
 	// apiserver gets answers from it: a server-side dry run of a Service goes through both the
@@ -285,18 +368,46 @@ spec:
 		}
 		return kubectl(probe, "create", "--dry-run=server", "-f", "-")
 	}); err != nil {
-		return err
+		return "", err
 	}
 
-	// The controller and the autoscaler each bind :8080, so each gets its own network namespace,
+	// The controller binds :8080 for health probes, so it gets a network namespace of its own,
 	// with only the apiserver reachable (at the same loopback address as on the host).
 	if err := spawnBinary(o.stateDir, "knative-controller", run, env("controller-s2z"),
 		"--netns", apiAddr, "--", bin("controller"), "--kubeconfig="+admin); err != nil {
-		return err
+		return "", err
 	}
-	if err := spawnBinary(o.stateDir, "knative-autoscaler", run, env("autoscaler-s2z", "POD_IP="+knativeAutoscalerPodIP),
-		"--netns", apiAddr, "--", bin("autoscaler"), "--kubeconfig="+admin); err != nil {
-		return err
+	// The pod network, then the autoscaler and the activator, which reach it: they join s2z-kn-N,
+	// where the webhook's relay already makes the apiserver reachable.
+	if err := spawnBinary(o.stateDir, "knative-podnet", run, os.Environ(),
+		"--netns", "--join="+netns.podsPath(), "--", bin("s2z-podnet")); err != nil {
+		return "", err
+	}
+	podIP := netns.innerIP().String()
+	if err := spawnBinary(o.stateDir, "knative-autoscaler", run,
+		env("autoscaler-s2z", "POD_IP="+podIP, fmt.Sprintf("PROFILING_PORT=%d", autoscalerProfilingPort)),
+		"--netns", "--join="+netns.path(), "--", bin("autoscaler"), "--kubeconfig="+admin); err != nil {
+		return "", err
+	}
+	hosts := filepath.Join(o.stateDir, "activator-hosts")
+	if err := os.WriteFile(hosts, []byte(activatorHosts), 0o644); err != nil {
+		return "", err
+	}
+	if err := spawnBinary(o.stateDir, "knative-activator", run,
+		env("activator-s2z", "POD_IP="+podIP, fmt.Sprintf("PROFILING_PORT=%d", activatorProfilingPort)),
+		"--netns", "--join="+netns.path(), "--hosts="+hosts, "--", bin("activator"), "--kubeconfig="+admin); err != nil {
+		return "", err
+	}
+	// The activator is ready when its stat websocket to the autoscaler is up: that is what it
+	// answers a kubelet's readiness probe with. Only then is it put behind activator-service,
+	// where the ServerlessService reconciler finds it.
+	if err := waitFor(ctx, "Knative activator", func() error {
+		return activatorReady(ctx, podIP)
+	}); err != nil {
+		return "", err
+	}
+	if err := kubectl([]byte(activatorRoute(netns.innerIP())), "apply", "--server-side", "--force-conflicts", "-f", "-"); err != nil {
+		return "", err
 	}
 	// Each leads its reconcilers through Leases in knative-serving (the autoscaler through one
 	// lease per bucket); holding them means running.
@@ -309,8 +420,8 @@ spec:
 			return kubectl(nil, "get", "lease", "-n", "knative-serving", lease,
 				"-o=jsonpath={.spec.holderIdentity}", "--allow-missing-template-keys=false")
 		}); err != nil {
-			return err
+			return "", err
 		}
 	}
-	return nil
+	return fmt.Sprintf("http://%s:%d", podIP, activatorHTTPPort), nil
 }

@@ -1,14 +1,23 @@
 package main
 
-// The network namespace Knative's webhook runs in (`up --knative`).
+// The network namespaces of Knative's data path (`up --knative`).
 //
-// The apiserver reaches the webhook through an EndpointSlice, which refuses loopback addresses,
-// and servers here may only be reached on loopback or on addresses inside network namespaces we
-// made ourselves. So `up` makes a named network namespace per plane, joined to the host by a
-// veth pair on a private /30: 10.213.N.1 on the host side, 10.213.N.2 inside, where the webhook
-// listens. Inside, the apiserver is reachable at its host loopback address through the Unix
-// socket relay of s2z-knative-run. The namespace's name is recorded in <state>/knative-netns,
-// and `down` (and `up`, before starting) removes it.
+// The apiserver reaches Knative's webhook through an EndpointSlice, which refuses loopback
+// addresses, and servers here may only be reached on loopback or on addresses inside network
+// namespaces we made ourselves. So `up` makes a named network namespace per plane, s2z-kn-N,
+// joined to the host by a veth pair on a private /30: 10.213.N.1 on the host side, 10.213.N.2
+// inside. Knative's webhook, autoscaler and activator run in it (the activator's address, and the
+// one tests send requests to, is 10.213.N.2). Inside, the apiserver is reachable at its host
+// loopback address through the Unix socket relay of s2z-knative-run.
+//
+// Behind it, a second namespace, s2z-kp-N, is the pod network: the whole pod CIDR is routed to
+// its loopback device, so s2z-podnet, listening there on 0.0.0.0, answers for every pod IP.
+// s2z-kn-N reaches it over a second veth pair (10.213.N.5 in s2z-kn-N, 10.213.N.6 in s2z-kp-N),
+// with a route for the pod CIDR, so the autoscaler scrapes pods and the activator proxies to
+// them at their real IPs. The host has no route to the pod CIDR (two planes use the same one).
+//
+// The first namespace's name is recorded in <state>/knative-netns; `down` (and `up`, before
+// starting) removes both.
 
 import (
 	"errors"
@@ -40,6 +49,17 @@ func (n webhookNetns) innerIP() net.IP  { return net.IPv4(10, 213, byte(n.index)
 
 // path is what setns(2) opens to join the namespace.
 func (n webhookNetns) path() string { return filepath.Join("/run/netns", n.name()) }
+
+// The pod network's namespace and its link from s2z-kn-N (called "pods" there, eth0 inside).
+func (n webhookNetns) podsName() string    { return podsNetnsPrefix + strconv.Itoa(n.index) }
+func (n webhookNetns) podsPath() string    { return filepath.Join("/run/netns", n.podsName()) }
+func (n webhookNetns) podsGateway() net.IP { return net.IPv4(10, 213, byte(n.index), 5).To4() }
+func (n webhookNetns) podsInnerIP() net.IP { return net.IPv4(10, 213, byte(n.index), 6).To4() }
+
+const podsNetnsPrefix = "s2z-kp-"
+
+// podCIDR is where KWOK gives pods their IPs (kwok --cidr), all answered by s2z-podnet.
+const podCIDR = "10.244.0.0/16"
 
 func netnsRecord(stateDir string) string { return filepath.Join(stateDir, "knative-netns") }
 
@@ -73,6 +93,9 @@ func runIP(args ...string) error {
 func indexFree(n int) bool {
 	w := webhookNetns{index: n}
 	if _, err := os.Stat(w.path()); err == nil {
+		return false
+	}
+	if _, err := os.Stat(w.podsPath()); err == nil {
 		return false
 	}
 	if _, err := net.InterfaceByName(w.hostLink()); err == nil {
@@ -127,6 +150,17 @@ func (w webhookNetns) wire() error {
 		{"-n", w.name(), "addr", "add", inner + "/30", "dev", "eth0"},
 		{"-n", w.name(), "link", "set", "eth0", "up"},
 		{"-n", w.name(), "link", "set", "lo", "up"},
+		// The pod network behind it.
+		{"netns", "add", w.podsName()},
+		{"-n", w.name(), "link", "add", "pods", "type", "veth", "peer", "name", "eth0", "netns", w.podsName()},
+		{"-n", w.name(), "addr", "add", w.podsGateway().String() + "/30", "dev", "pods"},
+		{"-n", w.name(), "link", "set", "pods", "up"},
+		{"-n", w.podsName(), "addr", "add", w.podsInnerIP().String() + "/30", "dev", "eth0"},
+		{"-n", w.podsName(), "link", "set", "eth0", "up"},
+		{"-n", w.podsName(), "link", "set", "lo", "up"},
+		// Every pod IP is local in s2z-kp-N, and routed there from s2z-kn-N.
+		{"-n", w.podsName(), "route", "add", "local", podCIDR, "dev", "lo"},
+		{"-n", w.name(), "route", "add", podCIDR, "via", w.podsInnerIP().String()},
 	} {
 		if err := runIP(args...); err != nil {
 			return err
@@ -142,6 +176,9 @@ func (w webhookNetns) remove() {
 	}
 	if _, err := os.Stat(w.path()); err == nil {
 		_ = runIP("netns", "del", w.name())
+	}
+	if _, err := os.Stat(w.podsPath()); err == nil {
+		_ = runIP("netns", "del", w.podsName())
 	}
 }
 

@@ -27,7 +27,10 @@ type State struct {
 	Knative              bool           `json:"knative"`
 	KnativeRelease       string         `json:"knativeRelease,omitempty"`
 	KnativeModule        string         `json:"knativeModule,omitempty"`
-	ReadySeconds         float64        `json:"readySeconds"`
+	// ActivatorURL is where Knative's activator takes requests (with the Knative-Serving-Namespace
+	// and Knative-Serving-Revision headers an ingress would set), reachable from the host.
+	ActivatorURL string  `json:"activatorURL,omitempty"`
+	ReadySeconds float64 `json:"readySeconds"`
 }
 
 func statePath(dir string) string { return filepath.Join(dir, "cluster.json") }

@@ -123,7 +123,8 @@ func runUp() int {
 	}
 	fmt.Printf("s2z-cluster: Ready in %.1fs: Kubernetes %s, %d fake GPU nodes x %d GPUs\n", s.ReadySeconds, s.Version, s.Nodes, s.GPUsPerNode)
 	if s.Knative {
-		fmt.Printf("Knative Serving %s (knative.dev/serving %s): webhook, controller, autoscaler\n", s.KnativeRelease, s.KnativeModule)
+		fmt.Printf("Knative Serving %s (knative.dev/serving %s): webhook, controller, autoscaler, activator; every pod answered by s2z-podnet\n", s.KnativeRelease, s.KnativeModule)
+		fmt.Printf("activator: %s (e.g. curl -H 'Knative-Serving-Namespace: NS' -H 'Knative-Serving-Revision: REVISION' %s/)\n", s.ActivatorURL, s.ActivatorURL)
 	}
 	fmt.Printf("export KUBECONFIG=%s\n", s.AdminKubeconfig)
 	fmt.Printf("export PATH=%s:$PATH\n", s.BinDir)
@@ -247,7 +248,7 @@ func up(ctx context.Context, o upOptions) (*State, error) {
 		"--kubeconfig=" + admin,
 		"--manage-all-nodes=false",
 		"--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-		"--cidr=10.244.0.0/16",
+		"--cidr=" + podCIDR,
 		"--node-lease-duration-seconds=40",
 		"--node-ip=10.1.0.1",
 		fmt.Sprintf("--server-address=127.0.0.1:%d", ports["kwok"]),
@@ -286,7 +287,7 @@ func up(ctx context.Context, o upOptions) (*State, error) {
 		fixtures.Write(crdsYAML)
 	}
 	fixtures.Write(baseYAML)
-	fixtures.WriteString(configAutoscaler(o.allowZeroInitial))
+	fixtures.WriteString(configAutoscaler(o.allowZeroInitial, o.knative))
 	fixtures.WriteString(nodesYAML(o.nodes, o.gpusPerNode, o.gpuProduct))
 	if err := kubectl(fixtures.Bytes(), "apply", "--server-side", "--force-conflicts", "-f", "-"); err != nil {
 		return nil, err
@@ -303,8 +304,9 @@ func up(ctx context.Context, o upOptions) (*State, error) {
 	if err := waitFor(ctx, "default ServiceAccount", func() error { return kubectl(nil, "get", "serviceaccount", "default", "-n", "default") }); err != nil {
 		return nil, err
 	}
+	var activator string
 	if o.knative {
-		if err := startKnative(ctx, o, admin, ports, kubectl); err != nil {
+		if activator, err = startKnative(ctx, o, admin, ports, kubectl); err != nil {
 			return nil, err
 		}
 	}
@@ -323,6 +325,7 @@ func up(ctx context.Context, o upOptions) (*State, error) {
 		Knative:              o.knative,
 		KnativeRelease:       o.knativeRelease,
 		KnativeModule:        o.knativeModule,
+		ActivatorURL:         activator,
 	}, nil
 }
 

@@ -1,7 +1,7 @@
 // Command s2z-knative-run starts one Knative Serving binary for `s2z-cluster up --knative`, and
 // stays its parent so the launcher can record, watch and stop it.
 //
-//	s2z-knative-run [--netns [--join=/run/netns/NAME] --forward=127.0.0.1:PORT] -- BINARY ARGS...
+//	s2z-knative-run [--netns [--join=/run/netns/NAME] [--forward=127.0.0.1:PORT] [--hosts=FILE]] -- BINARY ARGS...
 //
 // Knative's binaries are written to run one per pod, so several of them bind fixed ports on all
 // addresses: the controller serves health probes on :8080 (knative.dev/pkg/injection
@@ -14,6 +14,10 @@
 // Without root, the namespace is made inside a new user namespace (where the kernel allows it).
 // With --join, the binary runs in an existing named network namespace instead of a new one (the
 // launcher makes one for the webhook, joined to the host by a veth pair; this needs root).
+// With --hosts, the binary also gets its own mount namespace, with FILE bind-mounted on
+// /etc/hosts, as `ip netns exec` does with /etc/netns/NAME/hosts: the activator dials the
+// autoscaler by its Service's DNS name (autoscaler.knative-serving.svc.cluster.local), and the
+// plane has no cluster DNS, so the name is written there.
 // The Knative binary itself runs unmodified.
 //
 // This program is our own plumbing; it is not part of Knative.
@@ -52,16 +56,17 @@ func run() int {
 	netns := fs.Bool("netns", false, "run the binary in its own network namespace")
 	forward := fs.String("forward", "", "with --netns: a host address (the apiserver's) made reachable at the same address inside the namespace")
 	join := fs.String("join", "", "with --netns: join this existing network namespace (a path such as /run/netns/NAME) instead of making a new one")
+	hosts := fs.String("hosts", "", "with --netns: bind-mount this file on /etc/hosts in a mount namespace of the binary's own")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
 	}
 	argv := fs.Args()
 	if len(argv) == 0 {
-		fmt.Fprintln(os.Stderr, "usage: s2z-knative-run [--netns [--join=/run/netns/NAME] --forward=127.0.0.1:PORT] -- BINARY ARGS...")
+		fmt.Fprintln(os.Stderr, "usage: s2z-knative-run [--netns [--join=/run/netns/NAME] [--forward=127.0.0.1:PORT] [--hosts=FILE]] -- BINARY ARGS...")
 		return 2
 	}
-	if (*forward != "" || *join != "") && !*netns {
-		fmt.Fprintln(os.Stderr, "s2z-knative-run: --forward and --join need --netns")
+	if (*forward != "" || *join != "" || *hosts != "") && !*netns {
+		fmt.Fprintln(os.Stderr, "s2z-knative-run: --forward, --join and --hosts need --netns")
 		return 2
 	}
 	if !*netns {
@@ -93,11 +98,47 @@ func run() int {
 		go relayAll(ln, "tcp", *forward)
 		childArgs = append(childArgs, "--listen="+*forward, "--relay="+sock)
 	}
-	childArgs = append(childArgs, "--")
+	namespaces := newNetns
 	if *join != "" {
-		return supervise(append(childArgs, argv...), joinNetns(*join))
+		namespaces = joinNetns(*join)
 	}
-	return supervise(append(childArgs, argv...), newNetns)
+	if *hosts != "" {
+		abs, err := filepath.Abs(*hosts)
+		if err == nil {
+			_, err = os.Stat(abs)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "s2z-knative-run: --hosts: %v\n", err)
+			return 2
+		}
+		childArgs = append(childArgs, "--hosts="+abs)
+		namespaces = withMountNamespace(namespaces)
+	}
+	childArgs = append(childArgs, "--")
+	return supervise(append(childArgs, argv...), namespaces)
+}
+
+// withMountNamespace adds a new mount namespace to a namespace request, for --hosts.
+func withMountNamespace(namespaces func(*exec.Cmd, bool) error) func(*exec.Cmd, bool) error {
+	return func(cmd *exec.Cmd, withUser bool) error {
+		if err := namespaces(cmd, withUser); err != nil {
+			return err
+		}
+		cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWNS
+		return nil
+	}
+}
+
+// bindHosts runs in the child's own mount namespace: it stops mounts from propagating back to
+// the host's, then puts file on /etc/hosts.
+func bindHosts(file string) error {
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("make / private in the new mount namespace: %w", err)
+	}
+	if err := unix.Mount(file, "/etc/hosts", "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind-mount %s on /etc/hosts: %w", file, err)
+	}
+	return nil
 }
 
 // joinNetns moves the thread that starts the child (locked to its goroutine by supervise, and
@@ -201,8 +242,15 @@ func runNetnsChild(args []string) int {
 	fs := flag.NewFlagSet(netnsChild, flag.ContinueOnError)
 	listen := fs.String("listen", "", "address to listen on inside the namespace")
 	relay := fs.String("relay", "", "Unix socket to relay connections to")
+	hosts := fs.String("hosts", "", "file to bind-mount on /etc/hosts (the parent made a mount namespace for it)")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if *hosts != "" {
+		if err := bindHosts(*hosts); err != nil {
+			fmt.Fprintf(os.Stderr, "s2z-knative-run: %v\n", err)
+			return 1
+		}
 	}
 	if err := loopbackUp(); err != nil {
 		fmt.Fprintf(os.Stderr, "s2z-knative-run: bring up lo in the new network namespace: %v\n", err)
