@@ -9,12 +9,12 @@ package main
 // revisions to zero, and the activator, sent a request for a revision at zero, reports it and
 // scales it back up, then proxies the request to the new pod.
 //
-// Not run: an ingress and the net-* controllers, and cluster DNS or Service virtual IPs. Routes
-// therefore wait for an Ingress that nothing reconciles, and a ksvc never becomes Ready;
-// requests go to the activator directly, with the headers an ingress would set. Without Service
-// IPs the autoscaler cannot probe a revision's public Service for the activator before scaling to
-// zero, so config-autoscaler keeps the activator always in the path (target-burst-capacity -1,
-// an upstream setting under which the autoscaler skips that probe).
+// s2z-podnet also plays cluster DNS and kube-proxy for the autoscaler, which probes each
+// revision's public Service for the activator before scaling it to zero.
+//
+// Not run: an ingress and the net-* controllers. Routes therefore wait for an Ingress that
+// nothing reconciles, and a ksvc never becomes Ready; requests go to the activator directly, with
+// the headers an ingress would set.
 
 import (
 	"bytes"
@@ -53,6 +53,12 @@ const (
 	activatorProfilingPort  = 8009
 	autoscalerProfilingPort = 8008
 )
+
+// knativeResolv is /etc/resolv.conf for the autoscaler (s2z-knative-run --resolv): s2z-podnet
+// answers Service names at the pod network's address.
+func knativeResolv(dns net.IP) string {
+	return fmt.Sprintf("nameserver %s\nsearch knative-serving.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n", dns)
+}
 
 // activatorHosts is /etc/hosts for the activator (s2z-knative-run --hosts): it dials the
 // autoscaler by its Service's name, and the autoscaler listens in the same namespace.
@@ -380,13 +386,18 @@ spec:
 	// The pod network, then the autoscaler and the activator, which reach it: they join s2z-kn-N,
 	// where the webhook's relay already makes the apiserver reachable.
 	if err := spawnBinary(o.stateDir, "knative-podnet", run, os.Environ(),
-		"--netns", "--join="+netns.podsPath(), "--", bin("s2z-podnet")); err != nil {
+		"--netns", "--join="+netns.podsPath(), apiAddr, "--",
+		bin("s2z-podnet"), "--kubeconfig="+admin, "--service-cidr="+serviceCIDR); err != nil {
+		return "", err
+	}
+	resolv := filepath.Join(o.stateDir, "knative-resolv.conf")
+	if err := os.WriteFile(resolv, []byte(knativeResolv(netns.podsInnerIP())), 0o644); err != nil {
 		return "", err
 	}
 	podIP := netns.innerIP().String()
 	if err := spawnBinary(o.stateDir, "knative-autoscaler", run,
 		env("autoscaler-s2z", "POD_IP="+podIP, fmt.Sprintf("PROFILING_PORT=%d", autoscalerProfilingPort)),
-		"--netns", "--join="+netns.path(), "--", bin("autoscaler"), "--kubeconfig="+admin); err != nil {
+		"--netns", "--join="+netns.path(), "--resolv="+resolv, "--", bin("autoscaler"), "--kubeconfig="+admin); err != nil {
 		return "", err
 	}
 	hosts := filepath.Join(o.stateDir, "activator-hosts")

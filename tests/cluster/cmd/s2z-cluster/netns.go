@@ -10,11 +10,13 @@ package main
 // one tests send requests to, is 10.213.N.2). Inside, the apiserver is reachable at its host
 // loopback address through the Unix socket relay of s2z-knative-run.
 //
-// Behind it, a second namespace, s2z-kp-N, is the pod network: the whole pod CIDR is routed to
-// its loopback device, so s2z-podnet, listening there on 0.0.0.0, answers for every pod IP.
+// Behind it, a second namespace, s2z-kp-N, is the pod and Service network: the whole pod CIDR and
+// Service CIDR are routed to its loopback device, so s2z-podnet, listening there on 0.0.0.0,
+// answers for every pod IP and relays every Service IP, and serves the plane's DNS at 10.213.N.6.
 // s2z-kn-N reaches it over a second veth pair (10.213.N.5 in s2z-kn-N, 10.213.N.6 in s2z-kp-N),
-// with a route for the pod CIDR, so the autoscaler scrapes pods and the activator proxies to
-// them at their real IPs. The host has no route to the pod CIDR (two planes use the same one).
+// with routes for both CIDRs, so the autoscaler scrapes pods and probes Services, and the
+// activator proxies to pods, at their real addresses. The host has no route to either CIDR (two
+// planes use the same ones).
 //
 // The first namespace's name is recorded in <state>/knative-netns; `down` (and `up`, before
 // starting) removes both.
@@ -60,6 +62,11 @@ const podsNetnsPrefix = "s2z-kp-"
 
 // podCIDR is where KWOK gives pods their IPs (kwok --cidr), all answered by s2z-podnet.
 const podCIDR = "10.244.0.0/16"
+
+// serviceCIDR is the apiserver's --service-cluster-ip-range. On the Knative plane it is routed
+// like the pod CIDR, and s2z-podnet relays each Service IP:port to an endpoint, as kube-proxy
+// would. A /16: every revision has two Services.
+const serviceCIDR = "10.0.0.0/16"
 
 func netnsRecord(stateDir string) string { return filepath.Join(stateDir, "knative-netns") }
 
@@ -158,9 +165,13 @@ func (w webhookNetns) wire() error {
 		{"-n", w.podsName(), "addr", "add", w.podsInnerIP().String() + "/30", "dev", "eth0"},
 		{"-n", w.podsName(), "link", "set", "eth0", "up"},
 		{"-n", w.podsName(), "link", "set", "lo", "up"},
-		// Every pod IP is local in s2z-kp-N, and routed there from s2z-kn-N.
+		// Every pod IP and Service IP is local in s2z-kp-N, and routed there from s2z-kn-N; the
+		// activator's address in s2z-kn-N (a Service endpoint) is reachable from s2z-kp-N.
 		{"-n", w.podsName(), "route", "add", "local", podCIDR, "dev", "lo"},
+		{"-n", w.podsName(), "route", "add", "local", serviceCIDR, "dev", "lo"},
+		{"-n", w.podsName(), "route", "add", w.innerIP().String() + "/32", "via", w.podsGateway().String()},
 		{"-n", w.name(), "route", "add", podCIDR, "via", w.podsInnerIP().String()},
+		{"-n", w.name(), "route", "add", serviceCIDR, "via", w.podsInnerIP().String()},
 	} {
 		if err := runIP(args...); err != nil {
 			return err

@@ -8,14 +8,8 @@ import (
 )
 
 // configAutoscaler renders Knative's config-autoscaler with upstream's defaults, and
-// allow-zero-initial-scale as asked. With activatorInPath (the Knative plane), the activator stays
-// in every revision's path (target-burst-capacity -1), because the autoscaler's probe for it goes
-// through Service virtual IPs, which the plane does not have (knative.go).
-func configAutoscaler(allowZeroInitial, activatorInPath bool) string {
-	tbc := "200"
-	if activatorInPath {
-		tbc = "-1"
-	}
+// allow-zero-initial-scale as asked.
+func configAutoscaler(allowZeroInitial bool) string {
 	return fmt.Sprintf(`---
 apiVersion: v1
 kind: ConfigMap
@@ -30,8 +24,7 @@ data:
   allow-zero-initial-scale: "%t"
   min-scale: "0"
   max-scale: "0"
-  target-burst-capacity: "%s"
-`, allowZeroInitial, tbc)
+`, allowZeroInitial)
 }
 
 // nodesYAML renders n fake GPU nodes. KWOK manages nodes with the kwok.x-k8s.io/node=fake

@@ -199,7 +199,7 @@ func up(ctx context.Context, o upOptions) (*State, error) {
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file=" + creds.saPub,
 		"--service-account-signing-key-file=" + creds.saKey,
-		"--service-cluster-ip-range=10.0.0.0/24",
+		"--service-cluster-ip-range=" + serviceCIDR,
 		// A loopback advertise address is refused by the default endpoint reconciler.
 		"--endpoint-reconciler-type=none",
 		"--allow-privileged=true",
@@ -287,7 +287,7 @@ func up(ctx context.Context, o upOptions) (*State, error) {
 		fixtures.Write(crdsYAML)
 	}
 	fixtures.Write(baseYAML)
-	fixtures.WriteString(configAutoscaler(o.allowZeroInitial, o.knative))
+	fixtures.WriteString(configAutoscaler(o.allowZeroInitial))
 	fixtures.WriteString(nodesYAML(o.nodes, o.gpusPerNode, o.gpuProduct))
 	if err := kubectl(fixtures.Bytes(), "apply", "--server-side", "--force-conflicts", "-f", "-"); err != nil {
 		return nil, err

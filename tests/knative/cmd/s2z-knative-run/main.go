@@ -1,7 +1,7 @@
 // Command s2z-knative-run starts one Knative Serving binary for `s2z-cluster up --knative`, and
 // stays its parent so the launcher can record, watch and stop it.
 //
-//	s2z-knative-run [--netns [--join=/run/netns/NAME] [--forward=127.0.0.1:PORT] [--hosts=FILE]] -- BINARY ARGS...
+//	s2z-knative-run [--netns [--join=/run/netns/NAME] [--forward=127.0.0.1:PORT] [--hosts=FILE] [--resolv=FILE]] -- BINARY ARGS...
 //
 // Knative's binaries are written to run one per pod, so several of them bind fixed ports on all
 // addresses: the controller serves health probes on :8080 (knative.dev/pkg/injection
@@ -17,7 +17,8 @@
 // With --hosts, the binary also gets its own mount namespace, with FILE bind-mounted on
 // /etc/hosts, as `ip netns exec` does with /etc/netns/NAME/hosts: the activator dials the
 // autoscaler by its Service's DNS name (autoscaler.knative-serving.svc.cluster.local), and the
-// plane has no cluster DNS, so the name is written there.
+// plane has no cluster DNS, so the name is written there. --resolv does the same for
+// /etc/resolv.conf, to point a binary at the plane's DNS for Service names (s2z-podnet).
 // The Knative binary itself runs unmodified.
 //
 // This program is our own plumbing; it is not part of Knative.
@@ -57,16 +58,17 @@ func run() int {
 	forward := fs.String("forward", "", "with --netns: a host address (the apiserver's) made reachable at the same address inside the namespace")
 	join := fs.String("join", "", "with --netns: join this existing network namespace (a path such as /run/netns/NAME) instead of making a new one")
 	hosts := fs.String("hosts", "", "with --netns: bind-mount this file on /etc/hosts in a mount namespace of the binary's own")
+	resolv := fs.String("resolv", "", "with --netns: bind-mount this file on /etc/resolv.conf in a mount namespace of the binary's own")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
 	}
 	argv := fs.Args()
 	if len(argv) == 0 {
-		fmt.Fprintln(os.Stderr, "usage: s2z-knative-run [--netns [--join=/run/netns/NAME] [--forward=127.0.0.1:PORT] [--hosts=FILE]] -- BINARY ARGS...")
+		fmt.Fprintln(os.Stderr, "usage: s2z-knative-run [--netns [--join=/run/netns/NAME] [--forward=127.0.0.1:PORT] [--hosts=FILE] [--resolv=FILE]] -- BINARY ARGS...")
 		return 2
 	}
-	if (*forward != "" || *join != "" || *hosts != "") && !*netns {
-		fmt.Fprintln(os.Stderr, "s2z-knative-run: --forward, --join and --hosts need --netns")
+	if (*forward != "" || *join != "" || *hosts != "" || *resolv != "") && !*netns {
+		fmt.Fprintln(os.Stderr, "s2z-knative-run: --forward, --join, --hosts and --resolv need --netns")
 		return 2
 	}
 	if !*netns {
@@ -102,16 +104,23 @@ func run() int {
 	if *join != "" {
 		namespaces = joinNetns(*join)
 	}
-	if *hosts != "" {
-		abs, err := filepath.Abs(*hosts)
+	mounts := false
+	for flagName, file := range map[string]string{"hosts": *hosts, "resolv": *resolv} {
+		if file == "" {
+			continue
+		}
+		abs, err := filepath.Abs(file)
 		if err == nil {
 			_, err = os.Stat(abs)
 		}
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "s2z-knative-run: --hosts: %v\n", err)
+			fmt.Fprintf(os.Stderr, "s2z-knative-run: --%s: %v\n", flagName, err)
 			return 2
 		}
-		childArgs = append(childArgs, "--hosts="+abs)
+		childArgs = append(childArgs, "--"+flagName+"="+abs)
+		mounts = true
+	}
+	if mounts {
 		namespaces = withMountNamespace(namespaces)
 	}
 	childArgs = append(childArgs, "--")
@@ -129,14 +138,19 @@ func withMountNamespace(namespaces func(*exec.Cmd, bool) error) func(*exec.Cmd, 
 	}
 }
 
-// bindHosts runs in the child's own mount namespace: it stops mounts from propagating back to
-// the host's, then puts file on /etc/hosts.
-func bindHosts(file string) error {
+// bindFiles runs in the child's own mount namespace: it stops mounts from propagating back to
+// the host's, then bind-mounts each file on its target (/etc/hosts, /etc/resolv.conf).
+func bindFiles(files map[string]string) error {
+	if len(files) == 0 {
+		return nil
+	}
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("make / private in the new mount namespace: %w", err)
 	}
-	if err := unix.Mount(file, "/etc/hosts", "", unix.MS_BIND, ""); err != nil {
-		return fmt.Errorf("bind-mount %s on /etc/hosts: %w", file, err)
+	for target, file := range files {
+		if err := unix.Mount(file, target, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind-mount %s on %s: %w", file, target, err)
+		}
 	}
 	return nil
 }
@@ -243,14 +257,20 @@ func runNetnsChild(args []string) int {
 	listen := fs.String("listen", "", "address to listen on inside the namespace")
 	relay := fs.String("relay", "", "Unix socket to relay connections to")
 	hosts := fs.String("hosts", "", "file to bind-mount on /etc/hosts (the parent made a mount namespace for it)")
+	resolv := fs.String("resolv", "", "file to bind-mount on /etc/resolv.conf (likewise)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	files := map[string]string{}
 	if *hosts != "" {
-		if err := bindHosts(*hosts); err != nil {
-			fmt.Fprintf(os.Stderr, "s2z-knative-run: %v\n", err)
-			return 1
-		}
+		files["/etc/hosts"] = *hosts
+	}
+	if *resolv != "" {
+		files["/etc/resolv.conf"] = *resolv
+	}
+	if err := bindFiles(files); err != nil {
+		fmt.Fprintf(os.Stderr, "s2z-knative-run: %v\n", err)
+		return 1
 	}
 	if err := loopbackUp(); err != nil {
 		fmt.Fprintf(os.Stderr, "s2z-knative-run: bring up lo in the new network namespace: %v\n", err)

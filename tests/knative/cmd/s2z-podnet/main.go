@@ -3,6 +3,7 @@
 // pod's stats, and the activator probes each pod and proxies requests to it.
 //
 //	s2z-podnet [--user-port=8012] [--metrics-port=9090] [--report-period=1s] [--idle-timeout=5m]
+//	           [--kubeconfig=FILE --service-cidr=CIDR [--service-ports=80,81] [--dns-addr=:53]]
 //
 // It runs in a network namespace of its own, where `s2z-cluster up --knative` has routed the
 // whole pod CIDR to the loopback device (`ip route add local 10.244.0.0/16 dev lo`), so a socket
@@ -18,6 +19,9 @@
 // The "user container" behind it answers "Hello from <pod IP>" and, with ?sleep=DURATION, holds
 // the request that long first, so that a test can keep a known concurrency on a revision.
 //
+// With --kubeconfig it also plays the plane's Service network (services.go): cluster DNS for
+// Service names, and a relay from each Service IP:port to a ready endpoint.
+//
 // This program is our own plumbing for the local plane; it is not part of Knative.
 package main
 
@@ -31,6 +35,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -52,10 +57,35 @@ func main() {
 	metricsPort := flag.Int("metrics-port", 9090, "the queue-proxy's autoscaler metrics port (networking.AutoscalingQueueMetricsPort)")
 	period := flag.Duration("report-period", time.Second, "how often each pod's request statistics are reported, as queue-proxy's reportingPeriod")
 	idle := flag.Duration("idle-timeout", 5*time.Minute, "drop a pod's state after this long without a request or scrape")
+	kubeconfig := flag.String("kubeconfig", "", "also serve Service names and IPs, watching Services and Endpoints with this kubeconfig")
+	serviceCIDR := flag.String("service-cidr", "10.0.0.0/16", "with --kubeconfig: the apiserver's --service-cluster-ip-range, routed here")
+	servicePorts := flag.String("service-ports", "80,81", "with --kubeconfig: Service ports relayed besides the user and metrics ports (Knative's http and h2c Service ports)")
+	dnsAddr := flag.String("dns-addr", ":53", "with --kubeconfig: where cluster DNS answers (UDP)")
+	domain := flag.String("cluster-domain", "cluster.local", "with --kubeconfig: the cluster domain of Service names")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+
+	var sn *serviceNetwork
+	if *kubeconfig != "" {
+		var err error
+		if sn, err = startServiceNetwork(ctx, *kubeconfig, *serviceCIDR, *domain); err != nil {
+			log.Fatalf("s2z-podnet: %v", err)
+		}
+		go func() {
+			if err := sn.serveDNS(ctx, *dnsAddr); err != nil {
+				log.Fatalf("s2z-podnet: %v", err)
+			}
+		}()
+		for _, port := range strings.Split(*servicePorts, ",") {
+			ln, err := net.Listen("tcp", ":"+strings.TrimSpace(port))
+			if err != nil {
+				log.Fatalf("s2z-podnet: failed to listen on Service port %s: %v", port, err)
+			}
+			go serviceOnly(ln, sn)
+		}
+	}
 
 	pods := newPods(*period)
 	go pods.run(ctx, *period, *idle)
@@ -74,7 +104,7 @@ func main() {
 			if err := s.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errCh <- err
 			}
-		}(s, ln)
+		}(s, newSplitListener(ln, sn))
 	}
 	log.Printf("s2z-podnet: serving every pod IP routed here: user port %d, metrics port %d", *userPort, *metricsPort)
 
@@ -88,6 +118,21 @@ func main() {
 	defer cancel()
 	for _, s := range servers {
 		_ = s.Shutdown(shutdown)
+	}
+}
+
+// serviceOnly relays the connections to Service IPs on a port no pod serves, and closes the rest.
+func serviceOnly(ln net.Listener, sn *serviceNetwork) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		if a, ok := c.LocalAddr().(*net.TCPAddr); ok && sn.isVirtual(a.IP) {
+			go sn.relay(c)
+			continue
+		}
+		_ = c.Close()
 	}
 }
 
