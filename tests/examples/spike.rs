@@ -22,16 +22,16 @@
 //! the time each of those pods was bound to a node (from its PodScheduled transition to its
 //! deletion or the end of the window) times its GPUs.
 //!
-//! The autoscaler cannot scrape KWOK's pods, so it never scales an idle pod down here. The
-//! "computed" row therefore also gives what the GPU-seconds would be had every pod of a
-//! Revision allowed to scale to zero (effective min-scale 0) been removed `--idle-secs` after
-//! it became Ready (Knative's defaults: 60 s stable window, then 30 s scale-to-zero grace).
-//! Models declare min-scale >= 1, so real Knative keeps their pods for the whole window anyway.
+//! Knative scales for real here: the autoscaler scrapes every pod (s2z-podnet answers as its
+//! queue-proxy), so a pod of a revision allowed to scale to zero (effective min-scale 0) is
+//! removed once idle (upstream defaults: 60 s stable window, then 30 s scale-to-zero grace), and
+//! its end is observed, as is every other figure. Models declare min-scale >= 1, so Knative keeps
+//! their pods for the whole window. The last row counts what is still held when the window closes.
 //!
 //! Exits non-zero when, with s2z, a dormant org started a pod or a redeployed service did not
 //! get exactly one Revision.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -69,10 +69,6 @@ struct Args {
     /// The models' declared min-scale (KServe `minReplicas`).
     #[arg(long, default_value_t = 1)]
     model_min_scale: u32,
-    /// For the computed row: seconds after Ready at which Knative would remove an idle pod
-    /// of a revision that may scale to zero (stable window 60 s + scale-to-zero grace 30 s).
-    #[arg(long, default_value_t = 90)]
-    idle_secs: u64,
     /// State directory of the plane.
     #[arg(long)]
     state_dir: Option<PathBuf>,
@@ -458,7 +454,7 @@ impl Bench<'_> {
             f.services += 2;
         }
         // Revisions the redeploy created: every Revision of the run other than generation 1's.
-        let mut may_scale_to_zero: HashMap<(String, String), bool> = HashMap::new();
+        let mut created: HashSet<(String, String)> = HashSet::new();
         let mut per_service: BTreeMap<(String, String), usize> = BTreeMap::new();
         let mut wrong = Vec::new();
         for r in revisions.list(&ListParams::default()).await?.items {
@@ -483,7 +479,7 @@ impl Bench<'_> {
             base.entry(self.group(i)).or_default().revisions += 1;
             let annotations = r.metadata.annotations.clone().unwrap_or_default();
             let min = annotations.get(MIN_SCALE).map(String::as_str);
-            may_scale_to_zero.insert((ns.clone(), name.clone()), matches!(min, None | Some("0")));
+            created.insert((ns.clone(), name.clone()));
             if mode.s2z
                 && self.group(i) == Group::Dormant
                 && (min != Some("0")
@@ -511,15 +507,11 @@ impl Bench<'_> {
         }
         let lives = pods.lives(t0, |ns, rev| {
             let i = Self::index(mode.prefix, ns)?;
-            let stz = *may_scale_to_zero.get(&(ns.to_string(), rev.to_string()))?;
-            Some((self.group(i), stz))
+            created
+                .contains(&(ns.to_string(), rev.to_string()))
+                .then(|| self.group(i))
         });
-        let figures = by_group(
-            &lives,
-            self.args.window as f64,
-            self.args.idle_secs as f64,
-            &base,
-        );
+        let figures = by_group(&lives, self.args.window as f64, &base);
         Ok((figures, problems))
     }
 
@@ -629,19 +621,19 @@ impl PodWatch {
             .count()
     }
 
-    /// The lifetimes of the pods `classify` knows (namespace, revision -> group, may scale to
-    /// zero), in seconds since `t0`.
+    /// The lifetimes of the pods `classify` knows (namespace, revision -> group), in seconds
+    /// since `t0`.
     fn lives(
         &self,
         t0: DateTime<Utc>,
-        classify: impl Fn(&str, &str) -> Option<(Group, bool)>,
+        classify: impl Fn(&str, &str) -> Option<Group>,
     ) -> Vec<PodLife> {
         let millis = |ms: i64| (ms - t0.timestamp_millis()) as f64 / 1000.0;
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.values()
             .filter_map(|(p, gone)| {
                 let ns = p.metadata.namespace.as_deref()?;
-                let (group, may_scale_to_zero) = classify(ns, label(p, REVISION)?)?;
+                let group = classify(ns, label(p, REVISION)?)?;
                 let since = |type_: &str| {
                     p.status
                         .as_ref()?
@@ -664,7 +656,6 @@ impl PodWatch {
                     scheduled: since("PodScheduled"),
                     ready: since("Ready"),
                     end: gone.map(|g| millis(g.timestamp_millis())).or(deleted),
-                    may_scale_to_zero,
                 })
             })
             .collect()
@@ -780,8 +771,7 @@ async fn main() -> Result<()> {
         "{}",
         table(
             &[("without s2z", &off), ("with s2z", &on)],
-            args.window as f64,
-            args.idle_secs as f64
+            args.window as f64
         )
     );
     let dormant = on.get(&Group::Dormant).cloned().unwrap_or_default();

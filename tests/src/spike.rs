@@ -31,28 +31,15 @@ pub struct PodLife {
     pub scheduled: Option<f64>,
     /// When it became Ready.
     pub ready: Option<f64>,
-    /// When it was deleted or disappeared; `None`: still there at the end.
+    /// When it was deleted or disappeared (Knative's autoscaler scaled its revision down);
+    /// `None`: still there at the end.
     pub end: Option<f64>,
-    /// Its revision may scale to zero (effective min-scale 0), so a real autoscaler with
-    /// metrics would remove it once idle.
-    pub may_scale_to_zero: bool,
 }
 
 impl PodLife {
     /// Seconds within `[0, window]` during which the pod was bound to a node.
     pub fn held(&self, window: f64) -> f64 {
         self.held_until(window, self.end)
-    }
-
-    /// Like [`held`](Self::held), had the pod been removed `idle` seconds after it became
-    /// Ready when its revision may scale to zero: what Knative's autoscaler would do with an
-    /// idle pod (stable window, then the scale-to-zero grace period). A computed figure.
-    pub fn held_if_scaled_down(&self, window: f64, idle: f64) -> f64 {
-        let removed = match (self.may_scale_to_zero, self.ready) {
-            (true, Some(ready)) => Some(self.end.map_or(ready + idle, |e| e.min(ready + idle))),
-            _ => self.end,
-        };
-        self.held_until(window, removed)
     }
 
     fn held_until(&self, window: f64, end: Option<f64>) -> f64 {
@@ -62,6 +49,11 @@ impl PodLife {
         let start = start.clamp(0.0, window);
         let end = end.unwrap_or(window).clamp(start, window);
         end - start
+    }
+
+    /// Whether the pod still held its node when the window closed.
+    pub fn held_at_end(&self, window: f64) -> bool {
+        self.scheduled.is_some_and(|s| s <= window) && self.end.is_none_or(|e| e > window)
     }
 }
 
@@ -77,25 +69,26 @@ pub struct Figures {
     /// Seconds from the redeploy to each pod's scheduling.
     pub scheduled_after: Vec<f64>,
     pub pod_seconds: f64,
-    pub pod_seconds_if_scaled_down: f64,
     pub gpu_seconds: f64,
-    pub gpu_seconds_if_scaled_down: f64,
+    /// Pods still holding a node, and the GPUs they hold, when the window closed.
+    pub pods_at_end: usize,
+    pub gpus_at_end: u32,
 }
 
 impl Figures {
-    /// Adds the pods' lifetimes over `window` seconds (`idle`: see
-    /// [`PodLife::held_if_scaled_down`]).
-    pub fn add_pods(&mut self, pods: &[&PodLife], window: f64, idle: f64) {
+    /// Adds the pods' lifetimes over `window` seconds.
+    pub fn add_pods(&mut self, pods: &[&PodLife], window: f64) {
         for p in pods {
             self.pods_started += 1;
             self.gpu_pods_started += usize::from(p.gpus > 0);
             self.pods_scheduled += usize::from(p.scheduled.is_some());
             self.scheduled_after.extend(p.scheduled);
             self.pod_seconds += p.held(window);
-            self.pod_seconds_if_scaled_down += p.held_if_scaled_down(window, idle);
             self.gpu_seconds += f64::from(p.gpus) * p.held(window);
-            self.gpu_seconds_if_scaled_down +=
-                f64::from(p.gpus) * p.held_if_scaled_down(window, idle);
+            if p.held_at_end(window) {
+                self.pods_at_end += 1;
+                self.gpus_at_end += p.gpus;
+            }
         }
     }
 }
@@ -104,19 +97,18 @@ impl Figures {
 pub fn by_group(
     pods: &[PodLife],
     window: f64,
-    idle: f64,
     base: &BTreeMap<Group, Figures>,
 ) -> BTreeMap<Group, Figures> {
     let mut out = base.clone();
     for group in [Group::Dormant, Group::Active] {
         let mine: Vec<&PodLife> = pods.iter().filter(|p| p.group == group).collect();
-        out.entry(group).or_default().add_pods(&mine, window, idle);
+        out.entry(group).or_default().add_pods(&mine, window);
     }
     out
 }
 
 /// The comparison table: one column per (run, group), one row per figure.
-pub fn table(runs: &[(&str, &BTreeMap<Group, Figures>)], window: f64, idle: f64) -> String {
+pub fn table(runs: &[(&str, &BTreeMap<Group, Figures>)], window: f64) -> String {
     let mut header = vec!["".to_string()];
     let mut columns: Vec<&Figures> = Vec::new();
     for (name, groups) in runs {
@@ -157,12 +149,8 @@ pub fn table(runs: &[(&str, &BTreeMap<Group, Figures>)], window: f64, idle: f64)
             Box::new(|f| format!("{:.0}", f.gpu_seconds)),
         ),
         (
-            format!("pod-seconds if idle pods left {idle:.0} s after Ready (computed)"),
-            Box::new(|f| format!("{:.0}", f.pod_seconds_if_scaled_down)),
-        ),
-        (
-            format!("GPU-seconds if idle pods left {idle:.0} s after Ready (computed)"),
-            Box::new(|f| format!("{:.0}", f.gpu_seconds_if_scaled_down)),
+            format!("pods / GPUs still held at {window:.0} s (measured)"),
+            Box::new(|f| format!("{} / {}", f.pods_at_end, f.gpus_at_end)),
         ),
     ];
     let mut cells: Vec<Vec<String>> = vec![header];
@@ -230,64 +218,47 @@ fn markdown(cells: &[Vec<String>]) -> String {
 mod tests {
     use super::*;
 
-    fn pod(
-        gpus: u32,
-        scheduled: Option<f64>,
-        ready: Option<f64>,
-        end: Option<f64>,
-        stz: bool,
-    ) -> PodLife {
+    fn pod(gpus: u32, scheduled: Option<f64>, ready: Option<f64>, end: Option<f64>) -> PodLife {
         PodLife {
             group: Group::Dormant,
             gpus,
             scheduled,
             ready,
             end,
-            may_scale_to_zero: stz,
         }
     }
 
     #[test]
     fn held_is_clipped_to_the_window() {
+        assert_eq!(pod(1, Some(10.0), Some(12.0), None).held(300.0), 290.0);
         assert_eq!(
-            pod(1, Some(10.0), Some(12.0), None, false).held(300.0),
-            290.0
-        );
-        assert_eq!(
-            pod(1, Some(10.0), Some(12.0), Some(100.0), false).held(300.0),
+            pod(1, Some(10.0), Some(12.0), Some(100.0)).held(300.0),
             90.0
         );
-        assert_eq!(
-            pod(1, Some(-5.0), None, Some(20.0), false).held(300.0),
-            20.0
-        );
-        assert_eq!(pod(1, Some(310.0), None, None, false).held(300.0), 0.0);
-        assert_eq!(pod(1, None, None, None, false).held(300.0), 0.0);
-        assert_eq!(pod(1, Some(50.0), None, Some(40.0), false).held(300.0), 0.0);
+        assert_eq!(pod(1, Some(-5.0), None, Some(20.0)).held(300.0), 20.0);
+        assert_eq!(pod(1, Some(310.0), None, None).held(300.0), 0.0);
+        assert_eq!(pod(1, None, None, None).held(300.0), 0.0);
+        assert_eq!(pod(1, Some(50.0), None, Some(40.0)).held(300.0), 0.0);
     }
 
     #[test]
-    fn scaled_down_only_when_the_revision_may_scale_to_zero() {
-        let idle = pod(1, Some(10.0), Some(12.0), None, true);
-        assert_eq!(idle.held_if_scaled_down(300.0, 90.0), 92.0);
-        let pinned = pod(1, Some(10.0), Some(12.0), None, false);
-        assert_eq!(pinned.held_if_scaled_down(300.0, 90.0), 290.0);
-        // Never Ready: the autoscaler's idle clock never started.
-        let pending = pod(1, Some(10.0), None, None, true);
-        assert_eq!(pending.held_if_scaled_down(300.0, 90.0), 290.0);
-        // Gone earlier than the computed removal: the observation wins.
-        let gone = pod(1, Some(10.0), Some(12.0), Some(50.0), true);
-        assert_eq!(gone.held_if_scaled_down(300.0, 90.0), 40.0);
+    fn held_at_end_only_when_scheduled_and_not_gone_by_then() {
+        assert!(pod(1, Some(10.0), Some(12.0), None).held_at_end(300.0));
+        assert!(pod(1, Some(10.0), Some(12.0), Some(301.0)).held_at_end(300.0));
+        // Scaled down by Knative within the window.
+        assert!(!pod(1, Some(10.0), Some(12.0), Some(92.0)).held_at_end(300.0));
+        assert!(!pod(1, None, None, None).held_at_end(300.0));
+        assert!(!pod(1, Some(310.0), None, None).held_at_end(300.0));
     }
 
     #[test]
     fn sums_per_group_and_renders_a_table() {
-        let mut a = pod(1, Some(0.0), Some(1.0), None, false);
+        let mut a = pod(1, Some(0.0), Some(1.0), None);
         a.group = Group::Active;
         let pods = vec![
             a,
-            pod(0, Some(0.0), Some(1.0), None, true),
-            pod(1, None, None, None, false),
+            pod(0, Some(0.0), Some(1.0), None),
+            pod(1, None, None, None),
         ];
         let base = BTreeMap::from([
             (
@@ -309,7 +280,7 @@ mod tests {
                 },
             ),
         ]);
-        let figures = by_group(&pods, 100.0, 90.0, &base);
+        let figures = by_group(&pods, 100.0, &base);
         let d = &figures[&Group::Dormant];
         assert_eq!(
             (d.pods_started, d.gpu_pods_started, d.pods_scheduled),
@@ -318,10 +289,10 @@ mod tests {
         assert_eq!((d.pod_seconds, d.gpu_seconds), (100.0, 0.0));
         let a = &figures[&Group::Active];
         assert_eq!(
-            (a.pods_started, a.gpu_seconds, a.gpu_seconds_if_scaled_down),
-            (1, 100.0, 100.0)
+            (a.pods_started, a.gpu_seconds, a.pods_at_end, a.gpus_at_end),
+            (1, 100.0, 1, 1)
         );
-        let text = table(&[("without s2z", &figures)], 100.0, 90.0);
+        let text = table(&[("without s2z", &figures)], 100.0);
         assert!(text.contains("| without s2z, dormant orgs |"), "{text}");
         assert!(text.contains(" 0.0 / 0.0 |"), "{text}");
         assert!(
