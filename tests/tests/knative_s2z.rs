@@ -202,12 +202,17 @@ struct S2z {
 
 impl S2z {
     async fn start(test: &str) -> Result<Self> {
+        Self::start_with(test, &[]).await
+    }
+
+    /// Like [`start`](Self::start), with more s2z-webhook arguments.
+    async fn start_with(test: &str, args: &[&str]) -> Result<Self> {
         let mut fx = Fixture::on_knative(test, &CALM).await?;
         ensure!(
             fx.env.plane.knative,
             "the Knative plane's cluster.json lacks knative: true"
         );
-        let webhook = fx.webhook(&[]).await?;
+        let webhook = fx.webhook(args).await?;
         let mwc = fx.env.name("s2z");
         let selector = json!({"matchExpressions": [
             {"key": "s2z.dev/org", "operator": "Exists"},
@@ -453,6 +458,34 @@ async fn waking_restores_the_declared_scale_in_place_without_a_new_revision() ->
         replicas(&d),
         pa.data["status"]
     );
+    s2z.cleanup().await
+}
+
+/// Wake-on-traffic on the real activator: a request for a dormant org's Revision born at zero
+/// (its autoscaler has no data: desiredScale -1) is buffered by the activator, which makes the
+/// autoscaler ask for a pod; s2z sees that rise and wakes the org, and the request is answered.
+#[tokio::test]
+async fn a_request_through_the_activator_wakes_a_dormant_org() -> Result<()> {
+    let s2z = S2z::start_with("kn-s2z-traffic", &["--wake-on-traffic"]).await?;
+    let activator = s2z_tests::activator::Activator::of(&s2z.fx.env.plane)?;
+    s2z.deploy_warm().await?;
+    s2z.sleep().await?;
+    s2z.redeploy().await?;
+    let name = format!("{MODEL}-00002");
+    let born = s2z_tests::scale::observe(s2z.client(), &s2z.ns, &name).await?;
+    ensure!(
+        born.is_zero() && born.desired == Some(-1),
+        "born at zero with no data: {born:?}"
+    );
+
+    let reply = activator.get(&s2z.ns, &name, "/", WAIT).await?;
+    ensure!(
+        reply.status == 200,
+        "answer through the activator: {reply:?}"
+    );
+    s2z.fx.wait_state(&s2z.org, OrgState::Active, WAIT).await?;
+    let reasons = s2z.fx.org_reasons(&s2z.org).await?;
+    ensure!(reasons.iter().any(|r| r == "OrgActive"), "{reasons:?}");
     s2z.cleanup().await
 }
 

@@ -1,10 +1,12 @@
 //! Wake-on-traffic (`--wake-on-traffic`): a request to a scaled-to-zero revision of a dormant
 //! org reaches Knative's activator, which makes the PodAutoscaler ask for pods. That rise of
-//! `status.desiredScale` from 0 counts as activity, so the org wakes as if its platform had
-//! signalled it.
+//! `status.desiredScale` to a positive value counts as activity, so the org wakes as if its
+//! platform had signalled it.
 //!
-//! Only a rise observed from 0 counts: right after an org goes dormant its autoscalers still
-//! want their old pods until Knative's grace period ends, and that is not new traffic.
+//! Only a rise observed from 0, or from -1 (the autoscaler has no data: a revision born at zero
+//! while its org was dormant has never had a pod to scrape), counts: right after an org goes
+//! dormant its autoscalers still want their old pods until Knative's grace period ends, and that
+//! is not new traffic.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -27,9 +29,10 @@ pub struct Detector {
     desired: Mutex<HashMap<(String, String), i64>>,
 }
 
-/// Whether a change of desired scale from `before` to `after` is traffic arriving at zero.
+/// Whether a change of desired scale from `before` to `after` is traffic arriving at zero: from
+/// 0, or from -1 (no data yet), to a positive scale.
 pub fn woke(before: Option<i64>, after: Option<i64>) -> bool {
-    before == Some(0) && after.is_some_and(|n| n > 0)
+    matches!(before, Some(0 | -1)) && after.is_some_and(|n| n > 0)
 }
 
 fn desired_scale(pa: &DynamicObject) -> Option<i64> {
@@ -106,9 +109,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_rise_from_zero_is_traffic() {
+    fn only_a_rise_from_zero_or_no_data_is_traffic() {
         assert!(woke(Some(0), Some(1)));
         assert!(woke(Some(0), Some(3)));
+        // Born at zero while dormant: the autoscaler had no data until the activator's request.
+        assert!(woke(Some(-1), Some(1)));
+        assert!(!woke(Some(-1), Some(0)));
+        assert!(!woke(Some(-1), Some(-1)));
         assert!(!woke(None, Some(1)), "first sight proves nothing");
         assert!(!woke(Some(1), Some(2)));
         assert!(!woke(Some(2), Some(0)));
