@@ -158,7 +158,7 @@ fn int_of(map: &BTreeMap<String, String>, keys: &[&str]) -> Option<i64> {
 ///
 /// Dormant: min-scale 0, initial-scale 0 when the cluster allows it, the retention period from
 /// the scale-down window (at most 1h). Active: the declared values with a min-scale floor of 1.
-/// Exempt: exactly the declared values, and no record of them. Whatever the state, the result
+/// Exempt: as Active (exempt orgs are kept warm). Whatever the state, the result
 /// passes [`validate_knative_with`] for the given cluster, or this returns an error.
 pub fn decide(input: &DecisionInput<'_>) -> Result<Decision, DecisionError> {
     let current = input.annotations;
@@ -204,19 +204,17 @@ pub fn decide(input: &DecisionInput<'_>) -> Result<Decision, DecisionError> {
                 set(&mut out, RETENTION_KEYS, format_go_duration(retention));
             }
         }
-        OrgState::Active => {
+        // Exempt orgs are the important ones the seeds never scale to zero: the same warm floor.
+        OrgState::Active | OrgState::Exempt => {
             if int_of(&out, &MIN_SCALE_KEYS).is_none_or(|min| min < 1) {
                 set(&mut out, MIN_SCALE_KEYS, "1".to_string());
             }
         }
-        OrgState::Exempt => {}
     }
 
     keep_within_knative_rules(&mut out, input.allow_zero_initial_scale, &mut warnings);
 
-    if input.state == OrgState::Exempt {
-        out.remove(DECLARED_ANNOTATION);
-    } else if !out.contains_key(DECLARED_ANNOTATION) {
+    if !out.contains_key(DECLARED_ANNOTATION) {
         let record =
             serde_json::to_string(&declared).map_err(|e| DecisionError::Unsatisfiable {
                 reason: format!("the declared annotations cannot be recorded ({e})"),

@@ -42,7 +42,8 @@ fn default_true() -> bool {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct OrgSpec {
-    /// Whether the org may scale to zero; important orgs set this to false and are exempt.
+    /// Whether the org may scale to zero; important orgs set this to false and are exempt: their
+    /// revisions are kept warm (min-scale at least 1, or the declared value if higher).
     #[serde(default = "default_true")]
     pub scale_to_zero_allowed: bool,
     /// Overrides the cluster-wide dormancy period for this org.

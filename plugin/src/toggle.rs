@@ -70,8 +70,7 @@ pub fn message(toggle: Toggle, name: &str, outcome: &Outcome, state: &str) -> St
         (_, Outcome::Unchanged(why)) => format!("unchanged, {why}"),
         (Toggle::Enable, Outcome::Changed) => "scale to zero enabled".to_string(),
         (Toggle::Disable, Outcome::Changed) => {
-            "scale to zero disabled; the controller restores its workloads' declared scale now"
-                .to_string()
+            "scale to zero disabled; the controller keeps its workloads warm now".to_string()
         }
         (Toggle::Wake, Outcome::Changed) => "activity recorded now".to_string(),
         (Toggle::Sleep, Outcome::Changed) => {
@@ -298,7 +297,7 @@ mod tests {
     fn messages() {
         assert_eq!(
             message(Toggle::Disable, "acme", &Outcome::Changed, "Exempt"),
-            "org/acme: scale to zero disabled; the controller restores its workloads' declared scale now (Exempt)\n"
+            "org/acme: scale to zero disabled; the controller keeps its workloads warm now (Exempt)\n"
         );
         assert_eq!(
             message(

@@ -360,14 +360,15 @@ fn dormant_then_active_restores_camel_case_declared_values() {
 }
 
 #[test]
-fn exempt_org_is_left_alone() {
+fn exempt_org_is_born_warm() {
     let answer = run(
         &view(true),
         revision("team-c", Some(json!({MIN_SCALE: "0"}))),
     );
     assert_eq!(answer.reviewed.state, Some(OrgState::Exempt));
-    assert!(answer.patch.is_none());
-    assert_eq!(answer.reviewed.outcome, Outcome::Unchanged);
+    assert_eq!(answer.reviewed.outcome, Outcome::Patched);
+    let annotations = &answer.patched["metadata"]["annotations"];
+    assert_eq!(annotations[MIN_SCALE], "1", "{annotations}");
 }
 
 #[test]
@@ -471,9 +472,21 @@ fn the_patch_is_base64_as_admission_v1_specifies() {
     assert_eq!(response["status"], json!({}));
     assert_eq!(response["uid"], UID);
 
-    let exempt = run(&view(true), revision("team-c", None));
+    // An exempt org's revision that already declares a warm scale needs no patch.
+    let exempt = run(
+        &view(true),
+        revision(
+            "team-c",
+            Some(
+                json!({MIN_SCALE: "2", DECLARED_ANNOTATION: "{\"autoscaling.knative.dev/min-scale\":\"2\"}"}),
+            ),
+        ),
+    );
     let response = exempt.raw["response"].as_object().expect("object");
-    assert!(!response.contains_key("patch") && !response.contains_key("patchType"));
+    assert!(
+        !response.contains_key("patch") && !response.contains_key("patchType"),
+        "{response:?}"
+    );
     assert!(!response.contains_key("warnings"));
 }
 

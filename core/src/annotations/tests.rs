@@ -204,7 +204,7 @@ fn active_keeps_a_declared_min_scale_of_three() {
 }
 
 #[test]
-fn exempt_changes_nothing_on_a_fresh_revision() {
+fn exempt_is_kept_warm_like_active() {
     for fresh in [
         anns(&[]),
         anns(&[(MIN_SCALE, "0")]),
@@ -215,9 +215,16 @@ fn exempt_changes_nothing_on_a_fresh_revision() {
             ("example.com/x", "y"),
         ]),
     ] {
-        let d = ok(&input(OrgState::Exempt, &fresh));
-        assert_eq!(d, Decision::default(), "{fresh:?}");
+        let exempt = step(OrgState::Exempt, true, &fresh);
+        assert_eq!(exempt, step(OrgState::Active, true, &fresh), "{fresh:?}");
+        assert!(
+            int_of(&exempt, &MIN_SCALE_KEYS).is_some_and(|m| m >= 1),
+            "{fresh:?} -> {exempt:?}"
+        );
     }
+    // A declared min-scale above the floor is kept as it is.
+    let three = step(OrgState::Exempt, true, &anns(&[(MIN_SCALE, "3")]));
+    assert_eq!(three.get(MIN_SCALE).map(String::as_str), Some("3"));
 }
 
 #[test]
@@ -233,7 +240,7 @@ fn waking_restores_exactly_the_declared_min_scale() {
     assert!(!active.contains_key(INITIAL_SCALE));
 
     let exempt = step(OrgState::Exempt, true, &active);
-    assert_eq!(exempt, fresh);
+    assert_eq!(exempt, active);
 }
 
 #[test]
@@ -290,7 +297,7 @@ fn kebab_zero_beats_camel_three_and_gets_the_floor() {
     let active = step(OrgState::Active, true, &fresh);
     assert_eq!(active.get(MIN_SCALE).map(String::as_str), Some("1"));
     assert!(!active.contains_key(MIN_SCALE_CAMEL));
-    assert_eq!(step(OrgState::Exempt, true, &active), fresh);
+    assert_eq!(step(OrgState::Exempt, true, &active), active);
 }
 
 #[test]
@@ -379,9 +386,11 @@ fn a_declared_zero_initial_scale_the_cluster_forbids_is_dropped() {
         allow_zero_initial_scale: false,
         ..input(OrgState::Exempt, &fresh)
     });
+    assert_eq!(d.desired.get(INITIAL_SCALE), Some(&None), "{d:?}");
     assert_eq!(
-        d.desired,
-        BTreeMap::from([(INITIAL_SCALE.to_string(), None)])
+        d.desired.get(MIN_SCALE),
+        Some(&Some("1".to_string())),
+        "{d:?}"
     );
     assert_eq!(d.warnings.len(), 1);
 }
@@ -586,18 +595,13 @@ fn check_combination(fresh: &BTreeMap<String, String>, allow: bool, window: Opti
                 assert_eq!(retention, expected, "{}", ctx());
                 assert!(out.contains_key(DECLARED_ANNOTATION), "{}", ctx());
             }
-            OrgState::Active => {
+            // Exempt orgs get the same warm floor as active ones.
+            OrgState::Active | OrgState::Exempt => {
                 assert!(min.is_some_and(|m| m >= 1), "{}", ctx());
                 if declared_min.is_some_and(|m| m >= 1) {
                     assert_eq!(min, declared_min, "{}", ctx());
                 }
                 assert!(out.contains_key(DECLARED_ANNOTATION), "{}", ctx());
-            }
-            OrgState::Exempt => {
-                assert!(!out.contains_key(DECLARED_ANNOTATION), "{}", ctx());
-                if admitted {
-                    assert!(d.is_noop(), "{}: {:?}", ctx(), d.desired);
-                }
             }
         }
 

@@ -24,7 +24,7 @@ async fn toggles_write_the_org() -> Result<()> {
     assert_eq!(
         run.stdout,
         format!(
-            "org/{org}: scale to zero disabled; the controller restores its workloads' declared scale now (Exempt)\n"
+            "org/{org}: scale to zero disabled; the controller keeps its workloads warm now (Exempt)\n"
         )
     );
     assert!(!fx.get_org(&org).await?.spec.scale_to_zero_allowed);

@@ -91,7 +91,7 @@ fn dormant_condition(obs: &Observation<'_>) -> Condition {
         OrgState::Active => (false, "revisions keep at least one pod"),
         OrgState::Exempt => (
             false,
-            "spec.scaleToZeroAllowed is false: revisions keep their declared scale",
+            "spec.scaleToZeroAllowed is false: revisions never scale to zero and keep at least one pod",
         ),
     };
     condition(
