@@ -15,6 +15,7 @@ pub mod org;
 pub mod settings;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod warm;
 pub mod workload;
 
 pub use annotations::{Decision, DecisionError, DecisionInput, decide};

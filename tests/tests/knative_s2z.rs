@@ -9,9 +9,10 @@
 //!   and Knative copies it to the PodAutoscaler;
 //! - `kubectl s2z defrag` runs on the real autoscaler's `actualScale`.
 //!
-//! One thing the real autoscaler does not do here, with the reason in
-//! [`waking_restores_the_declared_scale_in_place_without_a_new_revision`]: it does not start pods
-//! for a Revision born with zero pods when its min-scale is raised without traffic.
+//! - the woken org is warm: the Revision born at zero gets its declared pods without a request
+//!   (s2z's warm-up, see [`waking_restores_the_declared_scale_in_place_and_warms_the_org`]), and
+//!   goes back to zero when the org sleeps again;
+//! - a request through the real activator wakes a dormant org (`--wake-on-traffic`).
 //!
 //! Needs `cargo build -p s2z-webhook -p kubectl-s2z` first (`make test` does it).
 
@@ -93,7 +94,8 @@ async fn apply_model(
         "spec": {"template": {
             "metadata": {
                 "labels": {"serving.kserve.io/inferenceservice": "bert", "component": "predictor"},
-                "annotations": {MIN_SCALE: DECLARED.to_string()},
+                // Knative's shortest stable window, so that scale-down is seen within seconds.
+                "annotations": {MIN_SCALE: DECLARED.to_string(), "autoscaling.knative.dev/window": "6s"},
             },
             "spec": pod,
         }},
@@ -382,20 +384,18 @@ async fn the_same_redeploy_without_s2z_starts_the_declared_pods() -> Result<()> 
     fx.cleanup().await
 }
 
-/// Waking restores what the user declared on the Revision born at zero, in place: no new
-/// Revision, and Knative (>= 1.21) copies min-scale to the PodAutoscaler.
+/// Waking restores what the user declared on the Revision born at zero, in place (no new
+/// Revision; Knative >= 1.21 copies min-scale to the PodAutoscaler), and the woken org is warm:
+/// the Revision gets its declared pods before any request.
 ///
-/// The Deployment stays at 0 replicas, though, and this is upstream behaviour, not KWOK's: the
-/// KPA only applies min-scale once its decider has metrics or while the PA is activating
+/// Knative alone would not start them: its autoscaler has no data for a Revision that never had a
+/// pod (PA `desiredScale` -1), and the KPA leaves the Deployment alone then
 /// (pkg/reconciler/autoscaling/kpa/scaler.go: `if desiredScale < 0 && !pa.Status.IsActivating()
-/// { return desiredScale }`). A Revision with no pod is never scraped (the scrapers return an
-/// empty stat for zero pods, which the collector does not record), so the decider has no data
-/// (`ErrNoData`, desiredScale -1), and its PA is Inactive/NoTraffic (kpa.go,
-/// `computeActiveCondition`: "pc.want will continue being -1 until we start receiving
-/// metrics"). Only a request through the activator brings the first stat. By that code, on a
-/// real cluster too the declared pods come back with the first request, not with the wake.
+/// { return desiredScale }`). So s2z sets the Deployment's scale to the restored min-scale
+/// (`s2z_core::warm`); once the pods are Ready the autoscaler scrapes them, has data, and keeps
+/// them itself. Put to sleep again, the org's Revision goes back to zero pods.
 #[tokio::test]
-async fn waking_restores_the_declared_scale_in_place_without_a_new_revision() -> Result<()> {
+async fn waking_restores_the_declared_scale_in_place_and_warms_the_org() -> Result<()> {
     let mut s2z = S2z::start("kn-s2z-wake").await?;
     s2z.deploy_warm().await?;
     s2z.sleep().await?;
@@ -403,6 +403,11 @@ async fn waking_restores_the_declared_scale_in_place_without_a_new_revision() ->
     let name = format!("{MODEL}-00002");
     let before = revision_names(s2z.client(), &s2z.ns).await?;
     ensure!(before.len() == 2, "{before:?}");
+    let born = s2z_tests::scale::observe(s2z.client(), &s2z.ns, &name).await?;
+    ensure!(
+        born.is_zero() && born.desired == Some(-1),
+        "born at zero, no autoscaler data: {born:?}"
+    );
 
     // Wake through the activity endpoint, with a ServiceAccount token, as a gateway would.
     let token = s2z.fx.sender("gateway", Some(&[])).await?;
@@ -429,6 +434,17 @@ async fn waking_restores_the_declared_scale_in_place_without_a_new_revision() ->
         "PA annotations: {:?}",
         pa.metadata.annotations
     );
+
+    // Warm: the declared pods are Ready without a request, and Knative's autoscaler, now with
+    // data, wants them too.
+    let warm = eventually(&format!("{name} warm"), WAIT, || async {
+        let s = s2z_tests::scale::observe(s2z.client(), &s2z.ns, &name).await?;
+        Ok((s.ready() == DECLARED as usize && s.desired == Some(i64::from(DECLARED))).then_some(s))
+    })
+    .await?;
+    eprintln!("after the wake: {name} {warm:?}");
+    let reasons = s2z.fx.org_reasons(&s2z.org).await?;
+    ensure!(reasons.iter().any(|r| r == "Warming"), "{reasons:?}");
     let after = revision_names(s2z.client(), &s2z.ns).await?;
     ensure!(
         after == before,
@@ -442,22 +458,14 @@ async fn waking_restores_the_declared_scale_in_place_without_a_new_revision() ->
         .cloned();
     ensure!(latest == Some(json!(name)), "latest revision {latest:?}");
 
-    // What the real autoscaler does with it (see the doc comment): without a request, nothing.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let d = deployment(s2z.client(), &s2z.ns, &name).await?;
-    let pa = pas.get(&name).await?;
-    eprintln!(
-        "after the wake: {name} Deployment replicas {:?}, PA desiredScale {}, Active {:?}",
-        replicas(&d),
-        pa.data["status"]["desiredScale"],
-        condition(&pa.data, "Active")
-    );
-    ensure!(
-        replicas(&d) == Some(0) && pa.data["status"]["desiredScale"] == json!(-1),
-        "the KPA scaled {name} without traffic: replicas {:?}, PA status {}",
-        replicas(&d),
-        pa.data["status"]
-    );
+    // Dormant again: Knative scales the woken Revision back to zero by itself.
+    s2z.sleep().await?;
+    let cold = eventually(&format!("{name} back at zero"), WAIT, || async {
+        let s = s2z_tests::scale::observe(s2z.client(), &s2z.ns, &name).await?;
+        Ok(s.is_zero().then_some(s))
+    })
+    .await?;
+    eprintln!("dormant again: {name} {cold:?}");
     s2z.cleanup().await
 }
 

@@ -18,6 +18,7 @@ pub mod settings;
 pub mod status;
 pub mod target;
 pub mod traffic;
+pub mod warm;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -88,6 +89,19 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// Some woken revisions could not be warmed (their PodAutoscaler read or Deployment scaled).
+    #[error("failed to warm {failed} revision(s) of woken org {org}, first {first}: {source}")]
+    Warm {
+        /// The org.
+        org: String,
+        /// How many failed.
+        failed: usize,
+        /// The first failure's revision.
+        first: String,
+        /// Its error.
+        #[source]
+        source: kube::Error,
+    },
 }
 
 /// Everything a reconcile reads, for one leadership term.
@@ -115,6 +129,8 @@ pub struct Context {
     pub failures: Mutex<HashMap<String, u32>>,
     /// Wake-on-traffic, when enabled.
     pub traffic: Option<traffic::Detector>,
+    /// Orgs woken whose revisions still have to be warmed (kept until that succeeds).
+    pub warming: Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -228,6 +244,7 @@ async fn run_term(parts: Parts) {
         traffic: activity
             .filter(|_| options.wake_on_traffic)
             .map(traffic::Detector::new),
+        warming: Mutex::default(),
     });
 
     let org_config = match &options.org_selector {

@@ -27,7 +27,7 @@ pub const FIELD_MANAGER: &str = "s2z-controller";
 /// Patches in flight at once within one reconcile.
 const PATCH_CONCURRENCY: usize = 8;
 
-fn params() -> PatchParams {
+pub(super) fn params() -> PatchParams {
     PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..PatchParams::default()
@@ -166,12 +166,20 @@ async fn reconcile_org(org: &Org, ctx: &Context) -> Result<Action, Error> {
             Err(source) => return Err(Error::Status { org: name, source }),
         }
         if let Some(flipped) = flip(old, &next) {
+            if old.and_then(|s| s.state) == Some(OrgState::Dormant) && flipped != OrgState::Dormant
+            {
+                ctx.warming
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name.clone());
+            }
             // The Event must not delay the flip itself.
             let (_, applied) = tokio::join!(
                 announce(org, ctx, old, &next, flipped),
                 apply_changes(&name, ctx, planned.changes),
             );
             applied?;
+            warm_if_woken(org, ctx, state).await?;
             return Ok(Action::requeue(requeue_after(
                 due,
                 now,
@@ -181,11 +189,35 @@ async fn reconcile_org(org: &Org, ctx: &Context) -> Result<Action, Error> {
     }
 
     apply_changes(&name, ctx, planned.changes).await?;
+    warm_if_woken(org, ctx, state).await?;
     Ok(Action::requeue(requeue_after(
         due,
         now,
         settings.sweep_interval,
     )))
+}
+
+/// Warms a woken org's revisions once its restored annotations are written (see
+/// [`super::warm`]); a failure keeps the org marked, so the retried reconcile tries again. An org
+/// that is dormant again is not warmed.
+async fn warm_if_woken(org: &Org, ctx: &Context, state: OrgState) -> Result<(), Error> {
+    let name = org.name_any();
+    let pending = {
+        let mut warming = ctx.warming.lock().unwrap_or_else(|e| e.into_inner());
+        if state == OrgState::Dormant {
+            warming.remove(&name);
+        }
+        warming.contains(&name)
+    };
+    if !pending {
+        return Ok(());
+    }
+    super::warm::warm_org(org, ctx).await?;
+    ctx.warming
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&name);
+    Ok(())
 }
 
 /// The sweep request to answer, if the org carries one not answered yet.

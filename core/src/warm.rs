@@ -1,0 +1,109 @@
+//! Warm-up on wake: which revisions Knative will not bring back by itself when their org wakes,
+//! and to how many pods s2z raises them.
+//!
+//! Knative's autoscaler applies a raised min-scale only once its decider has data for the
+//! revision, or while the PodAutoscaler is activating. A revision born at zero while its org was
+//! dormant never had a pod to scrape, so its PodAutoscaler reports `desiredScale: -1` and the KPA
+//! leaves its Deployment alone (`kpa/scaler.go`: `if desiredScale < 0 &&
+//! !pa.Status.IsActivating() { return desiredScale }`); its pods would only come back with the
+//! first request. For exactly those revisions s2z sets the Deployment's scale to the restored
+//! min-scale. Knative does not fight that write (the KPA does not touch a Deployment while it has
+//! no data), and once the new pods are Ready the autoscaler scrapes them, has data, and keeps
+//! them at min-scale itself. A revision whose autoscaler has data needs nothing: the KPA applies
+//! the raised min-scale on its own.
+
+use std::collections::BTreeMap;
+
+use crate::labels::{MIN_SCALE_KEYS, first_present};
+
+/// What s2z reads of a revision's PodAutoscaler.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AutoscalerView {
+    /// `status.desiredScale`: -1 while the autoscaler has no data; `None` before any status.
+    pub desired_scale: Option<i64>,
+    /// `status.actualScale`: the Ready pods Knative counts.
+    pub actual_scale: Option<i64>,
+    /// `spec.reachability`: `Reachable`, `Unreachable` or empty.
+    pub reachability: Option<String>,
+}
+
+/// The revision's effective min-scale from its annotations (kebab-case first, as Knative reads
+/// them); 0 when absent or unreadable.
+pub fn min_scale(annotations: &BTreeMap<String, String>) -> u32 {
+    first_present(annotations, &MIN_SCALE_KEYS)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The replicas to set on the revision's Deployment so that a woken revision is warm, or `None`
+/// when Knative brings it back by itself or it should stay cold.
+pub fn warm_up_replicas(pa: &AutoscalerView, min_scale: u32) -> Option<i32> {
+    if min_scale == 0 {
+        return None;
+    }
+    // Knative ignores min-scale for a revision no route sends traffic to.
+    if pa.reachability.as_deref() == Some("Unreachable") {
+        return None;
+    }
+    // With data the KPA applies min-scale itself; writing the scale would race it.
+    if pa.desired_scale.is_some_and(|d| d >= 0) {
+        return None;
+    }
+    if pa.actual_scale.is_some_and(|a| a >= i64::from(min_scale)) {
+        return None;
+    }
+    i32::try_from(min_scale).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::labels::{MIN_SCALE, MIN_SCALE_CAMEL};
+    use crate::testing::map;
+
+    fn pa(desired: Option<i64>, actual: Option<i64>, reach: Option<&str>) -> AutoscalerView {
+        AutoscalerView {
+            desired_scale: desired,
+            actual_scale: actual,
+            reachability: reach.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn born_at_zero_without_data_is_raised_to_min_scale() {
+        assert_eq!(warm_up_replicas(&pa(Some(-1), Some(0), None), 2), Some(2));
+        assert_eq!(
+            warm_up_replicas(&pa(Some(-1), Some(0), Some("Reachable")), 1),
+            Some(1)
+        );
+        // No status yet: Knative has not decided anything either.
+        assert_eq!(warm_up_replicas(&pa(None, None, None), 3), Some(3));
+    }
+
+    #[test]
+    fn knative_handles_revisions_it_has_data_for() {
+        assert_eq!(warm_up_replicas(&pa(Some(0), Some(0), None), 2), None);
+        assert_eq!(warm_up_replicas(&pa(Some(2), Some(1), None), 2), None);
+    }
+
+    #[test]
+    fn cold_or_unrouted_or_already_warm_revisions_are_left_alone() {
+        assert_eq!(warm_up_replicas(&pa(Some(-1), Some(0), None), 0), None);
+        assert_eq!(
+            warm_up_replicas(&pa(Some(-1), Some(0), Some("Unreachable")), 2),
+            None
+        );
+        assert_eq!(warm_up_replicas(&pa(Some(-1), Some(2), None), 2), None);
+    }
+
+    #[test]
+    fn min_scale_reads_knative_spellings() {
+        assert_eq!(
+            min_scale(&map(&[(MIN_SCALE, "3"), (MIN_SCALE_CAMEL, "1")])),
+            3
+        );
+        assert_eq!(min_scale(&map(&[(MIN_SCALE_CAMEL, "2")])), 2);
+        assert_eq!(min_scale(&map(&[(MIN_SCALE, "x")])), 0);
+        assert_eq!(min_scale(&map(&[])), 0);
+    }
+}
