@@ -76,7 +76,7 @@ demo-check: build
 	  scripts/demo.sh > .state/demo-ci.log 2>&1 || status=$$?; \
 	  $(MAKE) --no-print-directory demo-down DEMO_STATE_DIR=$(CURDIR)/.state/demo-ci >/dev/null 2>&1 || true; \
 	  if [ $$status -ne 0 ]; then tail -n 40 .state/demo-ci.log; exit $$status; fi
-	@for want in 'sleepy   Dormant' 'born with min-scale 0, initial-scale 0' 'HTTP 202' 'Knative scaled every revision to zero' 'Dry run: nothing was changed.' 'make demo-down'; do \
+	@for want in 'sleepy   Dormant' 'born with min-scale 0, initial-scale 0' 'HTTP 202' 'Knative scaled every revision to zero' 'sleepy is warm again' 'Dry run: nothing was changed.' 'make demo-down'; do \
 	  grep -qF "$$want" .state/demo-ci.log || { echo "demo-check: missing '$$want' in .state/demo-ci.log"; exit 1; }; done
 	@echo "demo-check: ok (.state/demo-ci.log)"
 

@@ -73,18 +73,21 @@ YAML
   fi
 }
 
-# wait_warm ORG...: with Knative, wait until every latest revision has a Ready pod.
+# wait_warm ORG...: with Knative, wait until every latest revision has a Ready pod; fails after
+# a minute if one has none.
 wait_warm() {
   has_knative || return 0
   local org svc rev ready
   for org in "$@"; do
     for svc in pynode model-predictor; do
+      ready=0
       for _ in $(seq 1 300); do
         rev=$(kubectl get configuration "$svc" -n "$org" -o jsonpath='{.status.latestCreatedRevisionName}' 2>/dev/null || true)
         ready=$(kubectl get pods -n "$org" -l "serving.knative.dev/revision=$rev" -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' 2>/dev/null | grep -c Running || true)
         [[ -n $rev && $ready -ge 1 ]] && break
         sleep 0.2
       done
+      [[ $ready -ge 1 ]] || { echo "no Ready pod for $org/$svc's latest revision ${rev:-?}" >&2; return 1; }
     done
   done
 }

@@ -117,6 +117,12 @@ for _ in $(seq 1 100); do
   [[ $(kubectl get org sleepy -o jsonpath='{.status.state}') == Active ]] && break; sleep 0.2
 done
 [[ $(kubectl get org sleepy -o jsonpath='{.status.state}') == Active ]] || fail "sleepy did not wake"
+if has_knative; then
+  start=$SECONDS
+  wait_warm sleepy || fail "sleepy is Active but not warm"
+  echo "sleepy is warm again after $((SECONDS - start))s: its revisions born at zero were scaled to their min-scale (Event Warming)"
+  kubectl get events --field-selector involvedObject.name=sleepy,involvedObject.kind=Org,reason=Warming -o custom-columns=REASON:.reason,MESSAGE:.message 2>/dev/null | tail -n 1 || true
+fi
 run kubectl s2z status sleepy
 echo "sleepy's revisions, declared values restored in place (no new revision):"
 kubectl get revisions -n sleepy -o custom-columns='REVISION:.metadata.name,MIN-SCALE:.metadata.annotations.autoscaling\.knative\.dev/min-scale,INITIAL-SCALE:.metadata.annotations.autoscaling\.knative\.dev/initial-scale'
