@@ -11,7 +11,7 @@ KNATIVE_SRC := $(shell find tests/knative/cmd -name '*.go') tests/knative/go.mod
 export S2Z_STATE_DIR := $(STATE_DIR)
 export S2Z_KNATIVE_STATE_DIR := $(KNATIVE_STATE_DIR)
 
-.PHONY: all build cluster cluster-up cluster-down knative-up knative-down test unit integration lint demo demo-down bench bench-webhook bench-status bench-dormancy bench-spike webhook-local check-manifests generate check-generated clean packages
+.PHONY: all build cluster cluster-up cluster-down knative-up knative-down test unit integration lint demo demo-down bench bench-webhook bench-status bench-dormancy bench-spike bench-wake webhook-local check-manifests generate check-generated clean packages
 
 all: build
 
@@ -86,7 +86,7 @@ demo-down:
 	@if [ -x $(CLUSTER) ]; then $(CLUSTER) down --state-dir $(DEMO_STATE_DIR); fi
 
 ## bench: every benchmark
-bench: bench-webhook bench-status bench-dormancy bench-spike
+bench: bench-webhook bench-status bench-dormancy bench-spike bench-wake
 
 ## bench-webhook: /mutate over TLS vs the no-op baseline, open and closed loop, memory with 10,000
 ## orgs cached (release build; no cluster needed). Pass options with BENCH_ARGS="--duration 10".
@@ -113,6 +113,14 @@ bench-dormancy: $(CLUSTER)
 bench-spike: $(CLUSTER) $(KNATIVE)
 	cargo build -p s2z-webhook
 	cargo run -p s2z-tests --example spike -- $(BENCH_ARGS)
+
+## bench-wake: 100 dormant orgs woken at once on real Knative, s2z (POST activity, warm-up of the
+## revisions born at zero) against the seed's way (edit each ksvc: a new revision): time from each
+## wake request to the declared pods Ready (p50/p99/max) and API writes per woken revision. Own
+## plane in .state/bench-wake, stopped at the end (about 10 minutes). BENCH_ARGS="--orgs 20".
+bench-wake: $(CLUSTER) $(KNATIVE)
+	cargo build -p s2z-webhook
+	cargo run -p s2z-tests --example wake -- $(BENCH_ARGS)
 
 ## webhook-local: install s2z for a webhook running on this host into the current KUBECONFIG's
 ## cluster (manifests/overlays/local), e.g. the local control plane
@@ -142,4 +150,5 @@ clean:
 	$(MAKE) --no-print-directory cluster-down knative-down demo-down
 	$(MAKE) --no-print-directory demo-down DEMO_STATE_DIR=$(CURDIR)/.state/demo-ci
 	$(MAKE) --no-print-directory cluster-down STATE_DIR=$(CURDIR)/.state/bench-spike
+	$(MAKE) --no-print-directory cluster-down STATE_DIR=$(CURDIR)/.state/bench-wake
 	rm -rf .state target
