@@ -39,10 +39,17 @@ async fn org_goes_dormant_on_time_and_activity_wakes_it_with_declared_scale() ->
     fx.wait_state(&name, OrgState::Active, WAIT).await?;
     fx.wait_annotation(&ns, "py-00001", MIN_SCALE, Some("1"), WAIT)
         .await?;
-    let bert = fx
-        .wait_annotation(&ns, "bert-00001", MIN_SCALE, Some("3"), WAIT)
-        .await?;
-    ensure!(bert.contains_key(DECLARED_ANNOTATION), "{bert:?}");
+    // It was created with min-scale 3, so wait for the record of what it declared, which the
+    // controller writes in the same reconcile as the pynode's floor, maybe a moment later.
+    let bert = eventually("bert-00001's declared record", WAIT, || async {
+        let a = fx.annotations(&ns, "bert-00001").await?;
+        Ok(a.contains_key(DECLARED_ANNOTATION).then_some(a))
+    })
+    .await?;
+    ensure!(
+        bert.get(MIN_SCALE).map(String::as_str) == Some("3"),
+        "{bert:?}"
+    );
 
     // Dormant at the due time, not at a sweep.
     let active = fx.get_org(&name).await?;
