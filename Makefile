@@ -7,7 +7,7 @@ KNATIVE_STATE_DIR ?= $(CURDIR)/.state/knative
 CLUSTER   := tests/cluster/bin/s2z-cluster
 KNATIVE   := tests/knative/bin/knative-version
 GO_SRC    := $(shell find tests/cluster -name '*.go' -o -name '*.yaml' -path '*fixtures*') tests/cluster/go.mod tests/cluster/go.sum tests/cluster/build
-KNATIVE_SRC := $(shell find tests/knative/cmd -name '*.go') tests/knative/go.mod tests/knative/go.sum tests/knative/build
+KNATIVE_SRC := $(shell find tests/knative/cmd tests/knative/internal -name '*.go') tests/knative/go.mod tests/knative/go.sum tests/knative/build
 export S2Z_STATE_DIR := $(STATE_DIR)
 export S2Z_KNATIVE_STATE_DIR := $(KNATIVE_STATE_DIR)
 

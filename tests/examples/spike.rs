@@ -33,7 +33,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,13 +42,13 @@ use clap::Parser;
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
-use kube::core::GroupVersionKind;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use s2z_core::labels::{INITIAL_SCALE, MIN_SCALE, SLEEP_ANNOTATION};
 use s2z_core::org::{Org, OrgState};
 use s2z_tests::Plane;
-use s2z_tests::plane::{client_for, repo_root};
+use s2z_tests::plane::{client_for, knative_plane_at, plane_down_at, repo_root};
+use s2z_tests::scale::serving;
 use s2z_tests::spike::{Figures, Group, PodLife, by_group, table};
 use s2z_tests::webhook::{WebhookProcess, delete_mwc, ensure_org_crd, register_mwc};
 use serde_json::{Value, json};
@@ -92,20 +91,6 @@ const BENCH_LABEL: &str = "s2z.dev/bench";
 const CONCURRENCY: usize = 16;
 /// Bounds the waits for setup and cleanup on a broken run.
 const SETTLE: Duration = Duration::from_secs(600);
-
-fn revisions_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("serving.knative.dev", "v1", "Revision"),
-        "revisions",
-    )
-}
-
-fn services_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("serving.knative.dev", "v1", "Service"),
-        "services",
-    )
-}
 
 /// One of the two runs.
 struct Mode {
@@ -175,7 +160,7 @@ impl Bench<'_> {
         stream::iter(jobs)
             .map(|(ns, name)| async move {
                 let api: Api<DynamicObject> =
-                    Api::namespaced_with(self.client.clone(), &ns, &services_resource());
+                    Api::namespaced_with(self.client.clone(), &ns, &serving("Service", "services"));
                 api.patch(
                     name,
                     &PatchParams::apply("s2z-spike").force(),
@@ -289,7 +274,7 @@ impl Bench<'_> {
     /// Deployment has the pods it asks for; returns the ready pods per group.
     async fn wait_settled(&self, mode: &Mode, generation: u32) -> Result<BTreeMap<Group, i32>> {
         let revisions: Api<DynamicObject> =
-            Api::all_with(self.client.clone(), &revisions_resource());
+            Api::all_with(self.client.clone(), &serving("Revision", "revisions"));
         let deployments: Api<Deployment> = Api::all(self.client.clone());
         let gen_lp = ListParams::default().labels(&format!(
             "serving.knative.dev/configurationGeneration={generation}"
@@ -446,7 +431,7 @@ impl Bench<'_> {
         t0: DateTime<Utc>,
     ) -> Result<(BTreeMap<Group, Figures>, Vec<String>)> {
         let revisions: Api<DynamicObject> =
-            Api::all_with(self.client.clone(), &revisions_resource());
+            Api::all_with(self.client.clone(), &serving("Revision", "revisions"));
         let mut base: BTreeMap<Group, Figures> = BTreeMap::new();
         for i in 0..self.args.orgs {
             let f = base.entry(self.group(i)).or_default();
@@ -679,39 +664,6 @@ fn gpus(p: &Pod) -> u32 {
         .sum()
 }
 
-/// Starts (or finds) the plane with real Knative under `dir`.
-fn plane_up(args: &Args, dir: &std::path::Path) -> Result<Plane> {
-    let launcher = repo_root().join("tests/cluster/bin/s2z-cluster");
-    let status = Command::new(&launcher)
-        .args(["up", "--knative", "--nodes", &args.nodes.to_string()])
-        .args([
-            "--gpus-per-node",
-            &args.gpus_per_node.to_string(),
-            "--state-dir",
-        ])
-        .arg(dir)
-        .status()
-        .with_context(|| format!("failed to run {}", launcher.display()))?;
-    ensure!(status.success(), "s2z-cluster up --knative failed");
-    let raw = std::fs::read(dir.join("cluster.json")).context("failed to read cluster.json")?;
-    let plane: Plane = serde_json::from_slice(&raw).context("failed to parse cluster.json")?;
-    if !plane.knative {
-        bail!(
-            "the plane under {} runs without Knative: stop it, or pass another --state-dir",
-            dir.display()
-        );
-    }
-    Ok(plane)
-}
-
-fn plane_down(dir: &std::path::Path) {
-    let launcher = repo_root().join("tests/cluster/bin/s2z-cluster");
-    let _ = Command::new(launcher)
-        .args(["down", "--state-dir"])
-        .arg(dir)
-        .status();
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -728,7 +680,7 @@ async fn main() -> Result<()> {
         .clone()
         .unwrap_or_else(|| repo_root().join(".state/bench-spike"));
     let start = Instant::now();
-    let plane = plane_up(&args, &dir)?;
+    let plane = knative_plane_at(&dir, args.nodes, args.gpus_per_node)?;
     let result = async {
         let client = client_for(&plane.admin_kubeconfig).await?;
         ensure_org_crd(&client).await?;
@@ -753,7 +705,7 @@ async fn main() -> Result<()> {
     }
     .await;
     if !args.keep {
-        plane_down(&dir);
+        plane_down_at(&dir);
     }
     let ((off, _), (on, problems)) = result?;
     println!(

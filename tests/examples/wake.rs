@@ -21,16 +21,16 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
-use kube::core::GroupVersionKind;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use s2z_core::labels::SLEEP_ANNOTATION;
 use s2z_core::org::{Org, OrgState};
 use s2z_tests::Plane;
-use s2z_tests::plane::{client_for, repo_root};
+use s2z_tests::plane::{client_for, knative_plane_at, plane_down_at, repo_root};
+use s2z_tests::scale::serving;
 use s2z_tests::webhook::{WebhookProcess, delete_mwc, ensure_org_crd, register_mwc};
 use serde_json::{Value, json};
 
@@ -62,20 +62,6 @@ const SETTLE: Duration = Duration::from_secs(600);
 
 fn log(start: Instant, msg: &str) {
     eprintln!("[{:6.1}s] {msg}", start.elapsed().as_secs_f64());
-}
-
-fn revisions_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("serving.knative.dev", "v1", "Revision"),
-        "revisions",
-    )
-}
-
-fn services_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("serving.knative.dev", "v1", "Service"),
-        "services",
-    )
 }
 
 /// The model's ksvc, with these template annotations.
@@ -186,8 +172,11 @@ impl Bench<'_> {
                     Way::Seed => seed_dormant.clone(),
                 };
                 async move {
-                    let api: Api<DynamicObject> =
-                        Api::namespaced_with(self.client.clone(), &ns, &services_resource());
+                    let api: Api<DynamicObject> = Api::namespaced_with(
+                        self.client.clone(),
+                        &ns,
+                        &serving("Service", "services"),
+                    );
                     let ksvc: DynamicObject = serde_json::from_value(model(&ns, annotations))?;
                     api.patch(
                         MODEL,
@@ -240,7 +229,7 @@ impl Bench<'_> {
     /// Revisions 00001 of the way's namespaces that are Ready, with no pod.
     async fn ready_at_zero(&self, way: Way) -> Result<usize> {
         let revisions: Api<DynamicObject> =
-            Api::all_with(self.client.clone(), &revisions_resource());
+            Api::all_with(self.client.clone(), &serving("Revision", "revisions"));
         let pods = self.ready_pods(way).await?;
         Ok(revisions
             .list(&ListParams::default())
@@ -344,7 +333,7 @@ impl Bench<'_> {
                             let api: Api<DynamicObject> = Api::namespaced_with(
                                 self.client.clone(),
                                 &ns,
-                                &services_resource(),
+                                &serving("Service", "services"),
                             );
                             let ksvc: DynamicObject = serde_json::from_value(model(
                                 &ns,
@@ -408,7 +397,7 @@ impl Bench<'_> {
             None => 0.0,
         };
         let revisions: Api<DynamicObject> =
-            Api::all_with(self.client.clone(), &revisions_resource());
+            Api::all_with(self.client.clone(), &serving("Revision", "revisions"));
         let created = revisions
             .list(&ListParams::default())
             .await?
@@ -460,30 +449,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn plane_up(dir: &std::path::Path, nodes: u32) -> Result<Plane> {
-    let launcher = repo_root().join("tests/cluster/bin/s2z-cluster");
-    let status = Command::new(&launcher)
-        .args([
-            "up",
-            "--knative",
-            "--nodes",
-            &nodes.to_string(),
-            "--gpus-per-node",
-            "8",
-            "--state-dir",
-        ])
-        .arg(dir)
-        .status()
-        .with_context(|| format!("failed to run {}", launcher.display()))?;
-    ensure!(status.success(), "s2z-cluster up --knative failed");
-    let raw = std::fs::read(dir.join("cluster.json")).context("failed to read cluster.json")?;
-    let plane: Plane = serde_json::from_slice(&raw).context("failed to parse cluster.json")?;
-    if !plane.knative {
-        bail!("the plane under {} runs without Knative", dir.display());
-    }
-    Ok(plane)
-}
-
 /// The admin's bearer token, from the plane's kubeconfig (a static token the apiserver knows).
 fn admin_token(plane: &Plane) -> Result<String> {
     let text = std::fs::read_to_string(&plane.admin_kubeconfig)?;
@@ -506,7 +471,7 @@ async fn main() -> Result<()> {
     // Both ways' pods fit at once: 2 x orgs x min-scale GPUs, 8 a node, and a spare node.
     let nodes = (2 * args.orgs as u32 * args.min_scale).div_ceil(8) + 1;
     let start = Instant::now();
-    let plane = plane_up(&dir, nodes)?;
+    let plane = knative_plane_at(&dir, nodes, 8)?;
     let result = async {
         let client = client_for(&plane.admin_kubeconfig).await?;
         ensure_org_crd(&client).await?;
@@ -544,10 +509,7 @@ async fn main() -> Result<()> {
     }
     .await;
     if !args.keep {
-        let _ = Command::new(repo_root().join("tests/cluster/bin/s2z-cluster"))
-            .args(["down", "--state-dir"])
-            .arg(&dir)
-            .status();
+        plane_down_at(&dir);
     }
     let (seed, s2z) = result?;
     println!(

@@ -134,6 +134,38 @@ fn find_or_start(dir: &Path, extra_args: &[&str]) -> Result<Plane> {
     serde_json::from_slice(&raw).with_context(|| format!("failed to parse {}", path.display()))
 }
 
+/// Starts (or finds, as `up` is idempotent) a plane with real Knative under `dir` with `nodes`
+/// fake GPU nodes of `gpus_per_node`: for a bench program that owns its plane.
+pub fn knative_plane_at(dir: &Path, nodes: u32, gpus_per_node: u32) -> Result<Plane> {
+    let bin = launcher();
+    let status = Command::new(&bin)
+        .args(["up", "--knative", "--nodes", &nodes.to_string()])
+        .args(["--gpus-per-node", &gpus_per_node.to_string(), "--state-dir"])
+        .arg(dir)
+        .status()
+        .with_context(|| format!("failed to run {}", bin.display()))?;
+    if !status.success() {
+        bail!("s2z-cluster up --knative failed");
+    }
+    let raw = std::fs::read(dir.join("cluster.json")).context("failed to read cluster.json")?;
+    let plane: Plane = serde_json::from_slice(&raw).context("failed to parse cluster.json")?;
+    if !plane.knative {
+        bail!(
+            "the plane under {} runs without Knative: stop it, or pass another --state-dir",
+            dir.display()
+        );
+    }
+    Ok(plane)
+}
+
+/// Stops the plane under `dir`, if any.
+pub fn plane_down_at(dir: &Path) {
+    let _ = Command::new(launcher())
+        .args(["down", "--state-dir"])
+        .arg(dir)
+        .status();
+}
+
 /// A kube client with admin rights on the plane. Each test makes its own, because a client's
 /// connections belong to the tokio runtime that made them.
 pub async fn cluster() -> Result<(Plane, kube::Client)> {

@@ -35,6 +35,14 @@ impl Scale {
     }
 }
 
+/// A Knative Serving resource (`serving.knative.dev/v1`), e.g. `("Revision", "revisions")`.
+pub fn serving(kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("serving.knative.dev", "v1", kind),
+        plural,
+    )
+}
+
 /// The PodAutoscaler API of a namespace.
 pub fn pod_autoscalers(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
     let gvk = GroupVersionKind::gvk(

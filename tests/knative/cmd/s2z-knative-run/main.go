@@ -28,18 +28,18 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
-	"sync"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"s2z.dev/tests/knative/internal/relay"
 )
 
 // netnsChild is the hidden first argument of the side that runs inside the new namespace.
@@ -325,18 +325,7 @@ func relayAll(ln net.Listener, network, address string) {
 				return
 			}
 			defer out.Close()
-			var wg sync.WaitGroup
-			wg.Add(2)
-			pipe := func(dst, src net.Conn) {
-				defer wg.Done()
-				_, _ = io.Copy(dst, src)
-				if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-					_ = cw.CloseWrite()
-				}
-			}
-			go pipe(out, in)
-			go pipe(in, out)
-			wg.Wait()
+			relay.Pipe(in, out)
 		}()
 	}
 }

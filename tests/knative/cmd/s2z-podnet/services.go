@@ -12,12 +12,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log"
 	"math/rand/v2"
 	"net"
 	"strings"
-	"sync"
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
@@ -27,6 +25,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"s2z.dev/tests/knative/internal/relay"
 )
 
 // serviceNetwork answers for Service names and virtual IPs from the apiserver's Services and
@@ -129,18 +129,7 @@ func (sn *serviceNetwork) relay(in net.Conn) {
 		return
 	}
 	defer out.Close()
-	var wg sync.WaitGroup
-	wg.Add(2)
-	pipe := func(dst, src net.Conn) {
-		defer wg.Done()
-		_, _ = io.Copy(dst, src)
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-			_ = cw.CloseWrite()
-		}
-	}
-	go pipe(out, in)
-	go pipe(in, out)
-	wg.Wait()
+	relay.Pipe(in, out)
 }
 
 // splitListener hands connections made to a Service IP to the relay and the rest (to pod IPs)
