@@ -260,7 +260,7 @@ async fn announce(
         OrgState::Exempt => (
             "OrgExempt",
             format!(
-                "org is exempt (scaleToZeroAllowed: false): its {total} revision(s) keep their declared scale"
+                "org is exempt (scaleToZeroAllowed: false): its {total} revision(s) never scale to zero and keep at least one pod"
             ),
         ),
     };
