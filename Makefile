@@ -8,15 +8,17 @@ CLUSTER   := tests/cluster/bin/s2z-cluster
 KNATIVE   := tests/knative/bin/knative-version
 GO_SRC    := $(shell find tests/cluster -name '*.go' -o -name '*.yaml' -path '*fixtures*') tests/cluster/go.mod tests/cluster/go.sum tests/cluster/build
 KNATIVE_SRC := $(shell find tests/knative/cmd tests/knative/internal -name '*.go') tests/knative/go.mod tests/knative/go.sum tests/knative/build
+HELM      := tests/helm/bin/helm
+HELM_SRC  := tests/helm/go.mod tests/helm/go.sum tests/helm/build
 export S2Z_STATE_DIR := $(STATE_DIR)
 export S2Z_KNATIVE_STATE_DIR := $(KNATIVE_STATE_DIR)
 
-.PHONY: all build cluster cluster-up cluster-down knative-up knative-down test unit integration lint demo demo-down bench bench-webhook bench-status bench-dormancy bench-spike bench-wake webhook-local check-manifests generate check-generated clean packages
+.PHONY: all build cluster cluster-up cluster-down knative-up knative-down test unit integration lint demo demo-down bench bench-webhook bench-status bench-dormancy bench-spike bench-wake webhook-local check-manifests generate check-generated chart check-chart dist clean packages
 
 all: build
 
-## build: the Rust workspace (webhook, plugin), the local control plane and real Knative Serving
-build: packages $(CLUSTER) $(KNATIVE)
+## build: the Rust workspace (webhook, plugin), the local control plane, real Knative Serving and Helm
+build: packages $(CLUSTER) $(KNATIVE) $(HELM)
 	cargo build --workspace --bins
 
 ## packages: the Debian packages the demo and the tests use (openssl, iproute2), installed if missing
@@ -28,6 +30,10 @@ $(CLUSTER): $(GO_SRC)
 
 $(KNATIVE): $(KNATIVE_SRC)
 	tests/knative/build
+
+# Real Helm (helm.sh/helm/v4, tests/helm) for the chart tests; a cold build takes about 2 minutes.
+$(HELM): $(HELM_SRC)
+	tests/helm/build
 
 ## cluster-up / cluster-down: the local control plane, left running for you (see `$(CLUSTER) status`)
 cluster-up: $(CLUSTER)
@@ -55,13 +61,22 @@ test: build check-generated check-manifests
 unit:
 	cargo test --workspace --lib --bins
 
-## generate: regenerate committed YAML (the Org CRD) from the Rust types
+## generate: regenerate committed YAML (the Org CRD) from the Rust types, then the Helm chart
 generate:
 	S2Z_UPDATE_GENERATED=1 cargo test -p s2z-core --lib generated -- --quiet
+	$(MAKE) --no-print-directory chart
 
-## check-generated: fail when the committed YAML is stale
-check-generated:
+## check-generated: fail when the committed YAML (CRD, Helm chart) is stale
+check-generated: check-chart
 	cargo test -p s2z-core --lib generated -- --quiet
+
+## chart: regenerate the Helm chart charts/s2z from manifests/base (tests/tests/helm_chart.rs)
+chart:
+	S2Z_UPDATE_GENERATED=1 cargo test -p s2z-tests --test helm_chart generated -- --quiet
+
+## check-chart: fail when charts/s2z differs from what manifests/base generates
+check-chart:
+	cargo test -p s2z-tests --test helm_chart generated -- --quiet
 
 DEMO_STATE_DIR ?= $(CURDIR)/.state/demo
 
@@ -151,4 +166,5 @@ clean:
 	$(MAKE) --no-print-directory demo-down DEMO_STATE_DIR=$(CURDIR)/.state/demo-ci
 	$(MAKE) --no-print-directory cluster-down STATE_DIR=$(CURDIR)/.state/bench-spike
 	$(MAKE) --no-print-directory cluster-down STATE_DIR=$(CURDIR)/.state/bench-wake
+	$(MAKE) --no-print-directory cluster-down STATE_DIR=$(CURDIR)/.state/helm-chart
 	rm -rf .state target
