@@ -76,6 +76,9 @@ pub const REVISION_UID_LABEL: &str = "serving.knative.dev/revisionUID";
 pub const CONFIGURATION_LABEL: &str = "serving.knative.dev/configuration";
 /// Knative Service name label on revisions.
 pub const SERVICE_LABEL: &str = "serving.knative.dev/service";
+/// Routing state label on revisions: `active`, `pending` or `reserve`. A `reserve` revision
+/// gets no traffic, and Knative scales it to zero whatever its min-scale.
+pub const ROUTING_STATE_LABEL: &str = "serving.knative.dev/routingState";
 /// Label the ReplicaSet adds to its pods; removing it orphans the pod (seed 002).
 pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 

@@ -51,6 +51,10 @@ const IMAGE: &str = "example.invalid/s2z/app@sha256:0123456789abcdef0123456789ab
 /// The model every test deploys: a KServe-style predictor declaring min-scale 2, one GPU a pod.
 const MODEL: &str = "bert-predictor";
 const DECLARED: u32 = 2;
+/// How long a redeployed model's pods take to become Ready (loading weights).
+const MODEL_LOAD: &str = "3s";
+/// The pod annotation KWOK's `pod-ready` stage takes its delay from.
+const MODEL_LOAD_ANNOTATION: &str = "pod-ready.stage.kwok.x-k8s.io/delay";
 
 fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
@@ -69,12 +73,15 @@ fn api(client: &kube::Client, ns: &str, kind: &str) -> Api<DynamicObject> {
 /// Applies the model's Knative Service the way KServe's serverless mode shapes a predictor:
 /// the `serving.kserve.io/inferenceservice` label on the template, min-scale from
 /// `minReplicas`, a GPU limit. `generation` goes into an env var, so each new value is a
-/// redeploy (a new Revision). `pin` puts the pods on the test's private nodes.
+/// redeploy (a new Revision). `pin` puts the pods on the test's private nodes. `load` is how long
+/// each pod takes to become Ready, as a model server loading its weights would (KWOK's
+/// `pod-ready` stage waits that long, see tests/cluster/build).
 async fn apply_model(
     client: &kube::Client,
     ns: &str,
     generation: u32,
     pin: Option<&str>,
+    load: Option<&str>,
 ) -> Result<()> {
     let mut pod = json!({
         "containers": [{
@@ -87,6 +94,15 @@ async fn apply_model(
         pod["nodeSelector"] = json!({"s2z.dev/test": id});
         pod["tolerations"] = json!([{"key": "s2z.dev/test", "operator": "Equal", "value": id, "effect": "NoSchedule"}]);
     }
+    let mut annotations = json!({
+        MIN_SCALE: DECLARED.to_string(),
+        // Knative's shortest stable window, so that scale-down is seen within seconds.
+        "autoscaling.knative.dev/window": "6s",
+    });
+    if let Some(load) = load {
+        // Knative copies the Revision's annotations to its pods, where KWOK reads this one.
+        annotations[MODEL_LOAD_ANNOTATION] = json!(load);
+    }
     let ksvc = json!({
         "apiVersion": "serving.knative.dev/v1", "kind": "Service",
         "metadata": {"name": MODEL, "namespace": ns,
@@ -94,8 +110,7 @@ async fn apply_model(
         "spec": {"template": {
             "metadata": {
                 "labels": {"serving.kserve.io/inferenceservice": "bert", "component": "predictor"},
-                // Knative's shortest stable window, so that scale-down is seen within seconds.
-                "annotations": {MIN_SCALE: DECLARED.to_string(), "autoscaling.knative.dev/window": "6s"},
+                "annotations": annotations,
             },
             "spec": pod,
         }},
@@ -248,7 +263,7 @@ impl S2z {
     /// The first deploy, while the org is active: the model's Revision 00001 runs its declared
     /// pods.
     async fn deploy_warm(&self) -> Result<()> {
-        apply_model(self.client(), &self.ns, 1, None).await?;
+        apply_model(self.client(), &self.ns, 1, None, None).await?;
         let rev = format!("{MODEL}-00001");
         ready_revision(self.client(), &self.ns, &rev).await?;
         let d = deployment(self.client(), &self.ns, &rev).await?;
@@ -287,8 +302,9 @@ impl S2z {
     }
 
     /// The redeploy: a new template, so Knative creates Revision 00002; waits until it is Ready.
+    /// Its pods take [`MODEL_LOAD`] to become Ready, so a wake is seen waiting for them.
     async fn redeploy(&self) -> Result<DynamicObject> {
-        apply_model(self.client(), &self.ns, 2, None).await?;
+        apply_model(self.client(), &self.ns, 2, None, Some(MODEL_LOAD)).await?;
         ready_revision(self.client(), &self.ns, &format!("{MODEL}-00002")).await
     }
 
@@ -384,6 +400,35 @@ async fn the_same_redeploy_without_s2z_starts_the_declared_pods() -> Result<()> 
     fx.cleanup().await
 }
 
+/// `kubectl s2z status ORG -o json` through the real kubectl, as a user runs it: the org's
+/// revisions waiting for pods.
+fn waiting_for_pods(s2z: &S2z) -> Result<Vec<serde_json::Value>> {
+    let dir = defrag_support::plugin_dir()?;
+    let out = kubectl(
+        &s2z.fx.env.plane,
+        &[&dir],
+        &[
+            "s2z",
+            "-n",
+            s2z.fx.sys.as_str(),
+            "status",
+            s2z.org.as_str(),
+            "-o",
+            "json",
+        ],
+    )?;
+    ensure!(
+        out.status.success(),
+        "kubectl s2z status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(report["orgs"][0]["waitingForPods"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
+}
+
 /// Waking restores what the user declared on the Revision born at zero, in place (no new
 /// Revision; Knative >= 1.21 copies min-scale to the PodAutoscaler), and the woken org is warm:
 /// the Revision gets its declared pods before any request.
@@ -435,6 +480,30 @@ async fn waking_restores_the_declared_scale_in_place_and_warms_the_org() -> Resu
         pa.metadata.annotations
     );
 
+    // `kubectl s2z status ORG` lists the revision as waiting for pods exactly while it has
+    // fewer Ready pods than its min-scale. Readiness only rises here, so reading the pods
+    // before and after the status run brackets what status saw.
+    let before_status = s2z_tests::scale::observe(s2z.client(), &s2z.ns, &name).await?;
+    let waiting = waiting_for_pods(&s2z)?;
+    let after_status = s2z_tests::scale::observe(s2z.client(), &s2z.ns, &name).await?;
+    let listed = waiting.iter().find(|w| w["name"] == json!(name));
+    if before_status.ready() >= DECLARED as usize {
+        ensure!(listed.is_none(), "{name} Ready, yet listed: {waiting:?}");
+    }
+    if after_status.ready() < DECLARED as usize {
+        let w = listed.with_context(|| format!("{name} not Ready, not listed: {waiting:?}"))?;
+        ensure!(
+            w["minScale"] == json!(DECLARED) && w["ready"].as_u64() < Some(u64::from(DECLARED)),
+            "{w}"
+        );
+    }
+    eprintln!(
+        "status just after the wake: {} waiting, {name} ready {}..{}",
+        waiting.len(),
+        before_status.ready(),
+        after_status.ready()
+    );
+
     // Warm: the declared pods are Ready without a request, and Knative's autoscaler, now with
     // data, wants them too.
     let warm = eventually(&format!("{name} warm"), WAIT, || async {
@@ -443,6 +512,8 @@ async fn waking_restores_the_declared_scale_in_place_and_warms_the_org() -> Resu
     })
     .await?;
     eprintln!("after the wake: {name} {warm:?}");
+    let waiting = waiting_for_pods(&s2z)?;
+    ensure!(waiting.is_empty(), "warm, yet status lists {waiting:?}");
     let reasons = s2z.fx.org_reasons(&s2z.org).await?;
     ensure!(reasons.iter().any(|r| r == "Warming"), "{reasons:?}");
     let after = revision_names(s2z.client(), &s2z.ns).await?;
@@ -526,7 +597,9 @@ async fn defrag_moves_a_real_revision_off_a_node_on_the_real_autoscalers_actual_
     let nodes = defrag_support::private_nodes(&env, &[8, 8], &[false, true]).await?;
     // Knative's webhook reads config-features through an informer: retry until it allows it.
     eventually("a pinned ksvc accepted", WAIT, || async {
-        Ok(apply_model(&env.client, &ns, 1, Some(&env.id)).await.ok())
+        Ok(apply_model(&env.client, &ns, 1, Some(&env.id), None)
+            .await
+            .ok())
     })
     .await?;
     let rev = format!("{MODEL}-00001");

@@ -32,7 +32,7 @@ pub struct Object {
     pub metadata: Meta,
 }
 
-/// A pod, reduced to where it runs and what GPUs it holds.
+/// A pod, reduced to where it runs, what GPUs it holds and whether it is Ready.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 pub struct Pod {
     /// Its metadata.
@@ -40,6 +40,28 @@ pub struct Pod {
     /// Its containers' resources.
     #[serde(default)]
     pub spec: PodSpec,
+    /// Its conditions.
+    #[serde(default)]
+    pub status: PodStatus,
+}
+
+/// The part of a pod's status that says whether it serves.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct PodStatus {
+    /// Conditions, `Ready` among them.
+    #[serde(default)]
+    pub conditions: Vec<PodCondition>,
+}
+
+/// One pod condition.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct PodCondition {
+    /// `Ready`, `PodScheduled`, ...
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// `True`, `False` or `Unknown`.
+    #[serde(default)]
+    pub status: String,
 }
 
 /// The part of a pod spec that holds resources.
@@ -95,6 +117,15 @@ impl Container {
 }
 
 impl Pod {
+    /// Whether the pod passes its readiness checks (condition `Ready` is `True`), which is when
+    /// Knative counts it and sends it requests.
+    pub fn is_ready(&self) -> bool {
+        self.status
+            .conditions
+            .iter()
+            .any(|c| c.kind == "Ready" && c.status == "True")
+    }
+
     /// GPUs the pod holds, the way the scheduler counts them: the larger of the containers'
     /// sum and the largest init container.
     pub fn gpus(&self) -> u64 {

@@ -1,5 +1,6 @@
 //! `kubectl s2z status [ORG...]`: the settings, then one row per org with its state, last
-//! activity, when it goes (or went) dormant, warm workloads, running pods and GPUs held.
+//! activity, when it goes (or went) dormant, warm workloads, running pods and GPUs held, and
+//! the revisions still waiting for their pods.
 //!
 //! Everything is read with one paginated list per kind (see [`crate::cluster`]); `--watch`
 //! prints again whenever an org changes.
@@ -31,6 +32,9 @@ Columns:
   DORMANT         'in <age>' for an active org, 'since <age>' for a dormant one
   PYNODES/MODELS  warm/total revisions; warm ones are kept at min-scale >= 1
   PODS, GPUS      running pods of the org's revisions and the nvidia.com/gpu they hold
+
+Below the table, revisions waiting for pods: warm revisions of active or exempt orgs
+with fewer Ready pods than their min-scale, e.g. just after a wake.
 
 Examples:
   kubectl s2z status                 every org

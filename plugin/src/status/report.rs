@@ -7,12 +7,14 @@ use std::time::Duration;
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use s2z_core::annotations::is_scaled_to_zero;
 use s2z_core::dormancy::{StateInput, due_at, format_time, org_state};
+use s2z_core::labels::{REVISION_LABEL, ROUTING_STATE_LABEL};
 use s2z_core::org::{Org, OrgState};
 use s2z_core::settings::Settings;
+use s2z_core::warm::min_scale;
 use s2z_core::workload::{WorkloadKind, kind_of};
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{Inventory, SettingsView};
+use crate::cluster::{Inventory, Object, Pod, SettingsView};
 use crate::output::{API_VERSION, Cell, Style, age_between, exact_duration, paint, plural, table};
 
 /// `kubectl s2z status -o json|yaml`.
@@ -47,7 +49,13 @@ use crate::output::{API_VERSION, Cell, Style, age_between, exact_duration, paint
 ///   models: {total: 1, warm: 1}
 ///   runningPods: 4                        # running pods of the org's revisions
 ///   gpus: 2                               # nvidia.com/gpu held by those pods
-/// totals: {orgs: 1, active: 1, dormant: 0, exempt: 0, runningPods: 4, gpus: 2}
+///   waitingForPods:                       # warm revisions with fewer Ready pods than their
+///   - namespace: acme-prod                #   min-scale, e.g. just after a wake
+///     name: bert-predictor-00002
+///     kind: model                         # pynode | model
+///     ready: 1
+///     minScale: 3
+/// totals: {orgs: 1, active: 1, dormant: 0, exempt: 0, runningPods: 4, gpus: 2, waitingForPods: 1}
 /// warnings: []                            # what could not be read, e.g. Knative missing
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -147,6 +155,26 @@ pub struct OrgReport {
     pub running_pods: u32,
     /// GPUs held by those pods.
     pub gpus: u64,
+    /// Warm revisions that have fewer Ready pods than their min-scale, by namespace and name.
+    #[serde(default)]
+    pub waiting_for_pods: Vec<WaitingRevision>,
+}
+
+/// A revision that should be warm and is not yet: after a wake, until Knative has started its
+/// pods and they pass readiness.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WaitingRevision {
+    /// Namespace.
+    pub namespace: String,
+    /// Revision name.
+    pub name: String,
+    /// `pynode` or `model`.
+    pub kind: String,
+    /// Ready pods now.
+    pub ready: u32,
+    /// Pods it should have: its effective min-scale.
+    pub min_scale: u32,
 }
 
 /// Sums over a report's orgs.
@@ -165,6 +193,9 @@ pub struct Totals {
     pub running_pods: u32,
     /// GPUs held.
     pub gpus: u64,
+    /// Revisions waiting for pods.
+    #[serde(default)]
+    pub waiting_for_pods: u32,
 }
 
 /// Which orgs to show, by state.
@@ -210,7 +241,9 @@ pub fn build(
         models: Workloads,
         pods: u32,
         gpus: u64,
+        waiting: Vec<WaitingRevision>,
     }
+    let ready = ready_pods(&inventory.pods);
     let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
     for revision in &inventory.revisions {
         let Some(org) = inventory.namespaces.get(&revision.metadata.namespace) else {
@@ -224,6 +257,9 @@ pub fn build(
         counts.total += 1;
         if !is_scaled_to_zero(&revision.metadata.annotations) {
             counts.warm += 1;
+        }
+        if let Some(waiting) = waiting(revision, &ready) {
+            tally.waiting.push(waiting);
         }
     }
     for pod in &inventory.pods {
@@ -244,7 +280,12 @@ pub fn build(
         if filter.only.is_some_and(|only| only != state) {
             continue;
         }
-        let tally = tallies.remove(name.as_str()).unwrap_or_default();
+        let mut tally = tallies.remove(name.as_str()).unwrap_or_default();
+        // A dormant org's revisions are meant to be cold; what they still run is in PODS.
+        if state == OrgState::Dormant {
+            tally.waiting.clear();
+        }
+        tally.waiting.sort();
         let status = org.status.as_ref();
         let report = OrgReport {
             allowed: org.spec.scale_to_zero_allowed,
@@ -263,6 +304,7 @@ pub fn build(
             models: tally.models,
             running_pods: tally.pods,
             gpus: tally.gpus,
+            waiting_for_pods: tally.waiting,
             name,
         };
         totals.orgs += 1;
@@ -273,6 +315,7 @@ pub fn build(
         }
         totals.running_pods += report.running_pods;
         totals.gpus += report.gpus;
+        totals.waiting_for_pods += report.waiting_for_pods.len() as u32;
         orgs.push(report);
     }
     StatusReport {
@@ -284,6 +327,44 @@ pub fn build(
         totals,
         warnings: inventory.notes.clone(),
     }
+}
+
+/// Ready pods per (namespace, revision).
+fn ready_pods(pods: &[Pod]) -> BTreeMap<(&str, &str), u32> {
+    let mut ready = BTreeMap::new();
+    for pod in pods.iter().filter(|p| p.is_ready()) {
+        if let Some(revision) = pod.metadata.labels.get(REVISION_LABEL) {
+            *ready
+                .entry((pod.metadata.namespace.as_str(), revision.as_str()))
+                .or_default() += 1;
+        }
+    }
+    ready
+}
+
+/// The revision, if it should hold pods and has fewer Ready ones than its min-scale. Revisions
+/// in `reserve` (no route sends them traffic) are skipped: Knative scales those to zero whatever
+/// their min-scale, so they never wait.
+fn waiting(revision: &Object, ready: &BTreeMap<(&str, &str), u32>) -> Option<WaitingRevision> {
+    let meta = &revision.metadata;
+    if meta.labels.get(ROUTING_STATE_LABEL).map(String::as_str) == Some("reserve") {
+        return None;
+    }
+    let min_scale = min_scale(&meta.annotations);
+    let now = ready
+        .get(&(meta.namespace.as_str(), meta.name.as_str()))
+        .copied()
+        .unwrap_or(0);
+    (now < min_scale).then(|| WaitingRevision {
+        namespace: meta.namespace.clone(),
+        name: meta.name.clone(),
+        kind: match kind_of(&meta.labels) {
+            WorkloadKind::Pynode => "pynode".into(),
+            WorkloadKind::Model => "model".into(),
+        },
+        ready: now,
+        min_scale,
+    })
 }
 
 fn state_style(state: OrgState) -> Style {
@@ -402,6 +483,51 @@ pub fn render_table(report: &StatusReport, wide: bool, color: bool) -> String {
             "* not yet reported by the controller, which applies it within seconds (`kubectl s2z sweep` forces it)\n",
             Style::Dim,
             color,
+        ));
+    }
+    text.push_str(&render_waiting(report, color));
+    text
+}
+
+/// At most this many waiting revisions are listed under the table; `-o json` has them all.
+const WAITING_SHOWN: usize = 20;
+
+/// The revisions still waiting for pods, e.g. just after a wake: one line each under the table,
+/// or nothing when every warm revision has its pods.
+fn render_waiting(report: &StatusReport, color: bool) -> String {
+    let waiting: Vec<(&str, &WaitingRevision)> = report
+        .orgs
+        .iter()
+        .flat_map(|org| {
+            org.waiting_for_pods
+                .iter()
+                .map(move |w| (org.name.as_str(), w))
+        })
+        .collect();
+    if waiting.is_empty() {
+        return String::new();
+    }
+    let rows = waiting
+        .iter()
+        .take(WAITING_SHOWN)
+        .map(|(org, w)| {
+            vec![
+                Cell::plain(*org),
+                Cell::plain(format!("{}/{}", w.namespace, w.name)),
+                Cell::plain(&w.kind),
+                Cell::styled(format!("{}/{}", w.ready, w.min_scale), Style::Warn),
+            ]
+        })
+        .collect();
+    let mut text = format!(
+        "\n{} waiting for pods (warm, fewer Ready pods than min-scale; Knative is starting them):\n",
+        plural(waiting.len(), "revision", "revisions")
+    );
+    text.push_str(&table(&["org", "revision", "kind", "ready"], rows, color));
+    if waiting.len() > WAITING_SHOWN {
+        text.push_str(&format!(
+            "... and {} more (`-o json` lists every one)\n",
+            waiting.len() - WAITING_SHOWN
         ));
     }
     text

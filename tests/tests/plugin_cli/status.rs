@@ -38,11 +38,19 @@ async fn gpu_pod(
         },
     }))?;
     pods.create(&PostParams::default(), &pod).await?;
-    eventually(&format!("pod {ns}/{name} running"), WAIT, || async {
-        let pod = pods.get(name).await?;
-        let phase = pod.status.and_then(|s| s.phase).unwrap_or_default();
-        Ok((phase == "Running").then_some(()))
-    })
+    eventually(
+        &format!("pod {ns}/{name} running and Ready"),
+        WAIT,
+        || async {
+            let status = pods.get(name).await?.status.unwrap_or_default();
+            let ready = status
+                .conditions
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            Ok((status.phase.as_deref() == Some("Running") && ready).then_some(()))
+        },
+    )
     .await
 }
 
@@ -94,9 +102,19 @@ async fn status_shows_states_workloads_pods_and_gpus() -> Result<()> {
         json!({"autoscaling.knative.dev/min-scale": "0"}),
     )
     .await?;
+    // A warm revision that wants 2 pods and has 1 Ready: it is listed as waiting for pods.
+    revision(
+        &client,
+        &ns,
+        "api-00001",
+        json!({}),
+        json!({"autoscaling.knative.dev/min-scale": "2"}),
+    )
+    .await?;
     let node = gpu_node(&fx.env).await?;
     gpu_pod(&fx.env, &ns, "web-a", "web-00001", &node, 1).await?;
     gpu_pod(&fx.env, &ns, "bert-a", "bert-predictor-00001", &node, 2).await?;
+    gpu_pod(&fx.env, &ns, "api-a", "api-00001", &node, 0).await?;
 
     // The table: header with the settings, one row per org, totals.
     let run = fx.s2z(&["status", &active, &dormant, &exempt])?;
@@ -120,7 +138,18 @@ async fn status_shows_states_workloads_pods_and_gpus() -> Result<()> {
     }
     assert!(
         run.stdout
-            .contains("3 orgs: 1 active, 1 dormant, 1 exempt; 2 running pods, 3 GPUs held"),
+            .contains("3 orgs: 1 active, 1 dormant, 1 exempt; 3 running pods, 3 GPUs held"),
+        "{run:#?}"
+    );
+    let waiting = run
+        .stdout
+        .split_once("1 revision waiting for pods")
+        .map(|(_, rest)| rest)
+        .with_context(|| format!("no waiting section: {run:#?}"))?;
+    assert!(
+        waiting.lines().any(|l| l.starts_with(active.as_str())
+            && l.contains(&format!("{ns}/api-00001"))
+            && l.contains("1/2")),
         "{run:#?}"
     );
 
@@ -133,9 +162,14 @@ async fn status_shows_states_workloads_pods_and_gpus() -> Result<()> {
     assert_eq!(report["settings"]["dormancyPeriodSecs"], 3600);
     let a = org_row(&report, &active)?;
     assert_eq!(a["state"], "Active");
-    assert_eq!(a["pynodes"], json!({"total": 1, "warm": 1}));
+    assert_eq!(a["pynodes"], json!({"total": 2, "warm": 2}));
     assert_eq!(a["models"], json!({"total": 1, "warm": 0}));
-    assert_eq!(a["runningPods"], 2);
+    assert_eq!(a["runningPods"], 3);
+    assert_eq!(
+        a["waitingForPods"],
+        json!([{"namespace": ns, "name": "api-00001", "kind": "pynode", "ready": 1, "minScale": 2}])
+    );
+    assert_eq!(report["totals"]["waitingForPods"], 1);
     assert_eq!(a["gpus"], 3);
     assert_eq!(a["namespaces"], json!([ns]));
     assert!(a["dormantAt"].is_string());

@@ -1,6 +1,8 @@
 use super::*;
-use crate::cluster::{Container, Meta, Object, Pod, PodSpec, Resources};
-use s2z_core::labels::{MIN_SCALE, MODEL_LABEL, SLEEP_ANNOTATION};
+use crate::cluster::{Container, Meta, Object, Pod, PodCondition, PodSpec, PodStatus, Resources};
+use s2z_core::labels::{
+    MIN_SCALE, MODEL_LABEL, REVISION_LABEL, ROUTING_STATE_LABEL, SLEEP_ANNOTATION,
+};
 use s2z_core::org::{OrgSpec, OrgStatus};
 use s2z_core::testing::{map, t as time};
 use serde_json::json;
@@ -39,7 +41,8 @@ fn revision(ns: &str, name: &str, labels: &[(&str, &str)], annotations: &[(&str,
     }
 }
 
-fn pod(ns: &str, gpus: u64) -> Pod {
+/// A Ready pod of `revision` holding `gpus`.
+fn pod(ns: &str, revision: &str, gpus: u64) -> Pod {
     let mut limits = BTreeMap::new();
     if gpus > 0 {
         limits.insert(
@@ -51,6 +54,7 @@ fn pod(ns: &str, gpus: u64) -> Pod {
         metadata: Meta {
             name: format!("{ns}-pod"),
             namespace: ns.into(),
+            labels: map(&[(REVISION_LABEL, revision)]),
             ..Meta::default()
         },
         spec: PodSpec {
@@ -62,7 +66,20 @@ fn pod(ns: &str, gpus: u64) -> Pod {
             }],
             ..PodSpec::default()
         },
+        status: PodStatus {
+            conditions: vec![PodCondition {
+                kind: "Ready".into(),
+                status: "True".into(),
+            }],
+        },
     }
+}
+
+/// A running pod of `revision` that has not passed readiness yet.
+fn starting(ns: &str, revision: &str) -> Pod {
+    let mut pod = pod(ns, revision, 0);
+    pod.status.conditions[0].status = "False".into();
+    pod
 }
 
 /// Four orgs covering every state: active and reported, dormant by inactivity but not yet
@@ -126,16 +143,26 @@ fn inventory() -> Inventory {
                 &[(MODEL_LABEL, "llama")],
                 &[(MIN_SCALE, "1")],
             ),
+            // Old revision no route sends traffic to: Knative keeps it at zero.
+            revision(
+                "bigco",
+                "api-00001",
+                &[(ROUTING_STATE_LABEL, "reserve")],
+                &[(MIN_SCALE, "2")],
+            ),
             revision("globex", "app-00003", &[], &[(MIN_SCALE, "0")]),
+            // Dormant and still declaring min-scale 1 (not yet patched): not listed as waiting.
+            revision("globex", "app-00002", &[], &[(MIN_SCALE, "1")]),
             revision("initech", "tps-00001", &[], &[]),
         ],
         pods: vec![
-            pod("acme-prod", 0),
-            pod("acme-prod", 1),
-            pod("acme-prod", 1),
-            pod("bigco", 4),
-            pod("bigco", 4),
-            pod("initech", 0),
+            pod("acme-prod", "web-00001", 0),
+            pod("acme-prod", "bert-predictor-00001", 1),
+            pod("acme-prod", "bert-predictor-00001", 1),
+            starting("acme-prod", "bert-predictor-00001"),
+            pod("bigco", "api-00002", 4),
+            pod("bigco", "api-00002", 4),
+            pod("initech", "tps-00001", 0),
         ],
         notes: vec![],
     }
@@ -176,7 +203,7 @@ fn states_follow_the_rule_at_now() {
     assert_eq!(acme.dormant_at.as_deref(), Some("2025-02-01T11:55:00Z"));
     assert_eq!(acme.pynodes, Workloads { total: 2, warm: 1 });
     assert_eq!(acme.models, Workloads { total: 1, warm: 1 });
-    assert_eq!((acme.running_pods, acme.gpus), (3, 2));
+    assert_eq!((acme.running_pods, acme.gpus), (4, 2));
     assert_eq!(
         acme.namespaces,
         vec!["acme-dev".to_string(), "acme-prod".to_string()]
@@ -200,10 +227,35 @@ fn states_follow_the_rule_at_now() {
             active: 1,
             dormant: 2,
             exempt: 1,
-            running_pods: 6,
-            gpus: 10
+            running_pods: 7,
+            gpus: 10,
+            waiting_for_pods: 2,
         }
     );
+}
+
+#[test]
+fn waiting_lists_warm_revisions_short_of_ready_pods() {
+    let report = report();
+    let waiting: Vec<(&str, &str, u32, u32)> = report
+        .orgs
+        .iter()
+        .flat_map(|o| o.waiting_for_pods.iter())
+        .map(|w| (w.namespace.as_str(), w.name.as_str(), w.ready, w.min_scale))
+        .collect();
+    // bert: 2 Ready of 3 (the third pod runs but is not Ready yet); llama: none of 1. Not
+    // listed: web (1 of 1), api-00002 (2 of 2), api-00001 (reserve), min-scale 0 revisions, and
+    // the dormant orgs' revisions.
+    assert_eq!(
+        waiting,
+        vec![
+            ("acme-prod", "bert-predictor-00001", 2, 3),
+            ("bigco", "llama-predictor-00001", 0, 1),
+        ]
+    );
+    assert_eq!(report.orgs[0].waiting_for_pods[0].kind, "model");
+    let text = render_table(&report, false, false);
+    assert!(text.contains("2 revisions waiting for pods"), "{text}");
 }
 
 #[test]
@@ -293,9 +345,18 @@ fn json_schema() -> Result<(), serde_json::Error> {
         "warm": 1
       },
       "reportedState": "Active",
-      "runningPods": 3,
+      "runningPods": 4,
       "sleepRequestedAt": null,
-      "state": "Active"
+      "state": "Active",
+      "waitingForPods": [
+        {
+          "kind": "model",
+          "minScale": 3,
+          "name": "bert-predictor-00001",
+          "namespace": "acme-prod",
+          "ready": 2
+        }
+      ]
     }
     "#);
     let back: StatusReport = serde_json::from_value(value)?;
