@@ -155,7 +155,7 @@ fn dist_manifest_matches_the_archives() -> Result<(), Box<dyn std::error::Error>
         );
         let from_source = source_platforms
             .iter()
-            .find(|p| &p["selector"] == &platform["selector"])
+            .find(|p| p["selector"] == platform["selector"])
             .ok_or(format!(
                 "{os}/{arch} is not a platform of plugin/krew/s2z.yaml"
             ))?;

@@ -96,7 +96,10 @@ fn generate(root: &Path) -> Result<Files> {
 
 /// The base's resources and common labels. Any other kustomization field would change the
 /// rendered objects in a way the generator does not reproduce, so it stops generation.
-fn base_kustomization_parts(k: &Value) -> Result<(Vec<String>, Vec<(String, String)>)> {
+/// Label names and values, in order.
+type Labels = Vec<(String, String)>;
+
+fn base_kustomization_parts(k: &Value) -> Result<(Vec<String>, Labels)> {
     let known = ["apiVersion", "kind", "labels", "resources"];
     for key in k
         .as_object()
@@ -885,10 +888,10 @@ fn unwrapped_base64(mut obj: Value) -> Value {
             s.retain(|c| c != '\n');
         }
     };
-    if obj["kind"] == "Secret" {
-        if let Some(data) = obj["data"].as_object_mut() {
-            data.values_mut().for_each(unwrap);
-        }
+    if obj["kind"] == "Secret"
+        && let Some(data) = obj["data"].as_object_mut()
+    {
+        data.values_mut().for_each(unwrap);
     }
     if let Some(hooks) = obj["webhooks"].as_array_mut() {
         for hook in hooks {
@@ -1257,7 +1260,7 @@ fn deployment_image(d: &Deployment) -> Option<String> {
 async fn helm_installs_upgrades_and_uninstalls_the_chart() -> Result<()> {
     let start = Instant::now();
     let helm = Helm::new()?;
-    let (_guard, plane) = private_plane("helm-chart")?;
+    let (_guard, plane) = private_plane("helm")?;
     let plane = &plane;
     let kubeconfig = Some(plane.admin_kubeconfig.as_path());
     let client = client_for(&plane.admin_kubeconfig).await?;
@@ -1471,7 +1474,7 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart() -> Result<()> {
     let install = ["install", "s2z", CHART, "--namespace", BASE_NAMESPACE];
     helm.run(kubeconfig, &install)
         .context("reinstalling over the kept CRD failed")?;
-    assert_installed_as_rendered(&client, &release_objects(&helm, plane, None)?).await?;
+    assert_installed_as_rendered(client, &release_objects(&helm, plane, None)?).await?;
     eprintln!(
         "install, upgrade, uninstall checked in {:.1?}",
         start.elapsed()
