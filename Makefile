@@ -159,13 +159,14 @@ check-manifests: $(CLUSTER)
 	  tests/cluster/bin/kubectl kustomize $$tmp/manifests/overlays/with-monitoring | grep -q 'kind: ServiceMonitor'
 	@echo "check-manifests: ok"
 
-## dist: the plugin's release archives for krew in dist/: kubectl-s2z_v<version>_<os>_<arch>.tar.gz
-## (release build; kubectl-s2z and LICENSE), SHA256SUMS, and s2z.yaml (plugin/krew/s2z.yaml with
-## each archive's sha256), then checks them with the krew test. DIST_PLATFORMS="linux/amd64
-## linux/arm64" adds arm64 (needs its rustup target and gcc-aarch64-linux-gnu; see scripts/dist).
+## dist: the release files in dist/: the plugin's krew archives kubectl-s2z_v<version>_<os>_<arch>.tar.gz
+## (release build; kubectl-s2z and LICENSE), SHA256SUMS (with the image's), and s2z.yaml
+## (plugin/krew/s2z.yaml with each archive's sha256), then checks them with the krew test.
+## DIST_PLATFORMS="linux/amd64 linux/arm64" adds arm64 (needs its rustup target and
+## gcc-aarch64-linux-gnu; see scripts/dist).
 DIST_PLATFORMS ?= linux/amd64
-# dist also depends on `image` (dist/s2z-webhook_v0.1.0_oci.tar) once the Makefile has that target.
-dist:
+# After `image`, so that SHA256SUMS also covers dist/s2z-webhook_v<version>_oci.tar.
+dist: image
 	DIST_PLATFORMS="$(DIST_PLATFORMS)" scripts/dist --out dist
 	S2Z_DIST_DIR=dist cargo test -p kubectl-s2z --test krew dist -- --quiet
 
