@@ -1,14 +1,15 @@
 //! The command line: the root parser, the kubectl-style option groups every subcommand shares,
-//! and the resolution of raw flags into a checked [`Options`] before anything runs.
+//! the resolution of raw flags into a checked [`Options`], and the dispatch to the subcommand.
 //!
-//! Each subcommand owns its own `Args` next to its code; adding one is a module, a variant of
-//! [`Command`] and a match arm in `lib.rs`.
+//! This is the top of the plugin: it depends on every subcommand (each owns its `Args` next to
+//! its code) and nothing depends on it. Adding a subcommand is a module, a variant of
+//! [`Command`] and a match arm in [`run`].
 
-use std::time::Duration;
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-
+use crate::ctx::Ctx;
 use crate::error::{Error, Result};
+use crate::options::{ColorChoice, Format, Options, Terminal, parse_timeout};
 use crate::{completion, defrag, settings, status, sweep, toggle, version};
 
 /// Exit codes, shown at the end of `--help`.
@@ -144,93 +145,6 @@ pub struct GlobalArgs {
     pub color: ColorChoice,
 }
 
-/// Output formats, as in `kubectl get -o`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    // A table for people.
-    Table,
-    // The table with more columns.
-    Wide,
-    // The documented JSON schema.
-    Json,
-    // The same document as YAML.
-    Yaml,
-}
-
-impl Format {
-    /// True for the machine-readable formats.
-    pub fn is_structured(self) -> bool {
-        matches!(self, Format::Json | Format::Yaml)
-    }
-}
-
-/// `--color`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ColorChoice {
-    // Colour when writing to a terminal and NO_COLOR is unset.
-    Auto,
-    // Always colour.
-    Always,
-    // Never colour.
-    Never,
-}
-
-impl ColorChoice {
-    /// Whether to colour a stream, given whether it is a terminal and the NO_COLOR variable.
-    pub fn enabled(self, is_terminal: bool, no_color: Option<&str>) -> bool {
-        match self {
-            ColorChoice::Always => true,
-            ColorChoice::Never => false,
-            // https://no-color.org: any non-empty value disables colour.
-            ColorChoice::Auto => is_terminal && no_color.is_none_or(str::is_empty),
-        }
-    }
-}
-
-/// The shared flags after checking: what the rest of the plugin uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Options {
-    /// `--kubeconfig`.
-    pub kubeconfig: Option<std::path::PathBuf>,
-    /// `--context`.
-    pub context: Option<String>,
-    /// `--request-timeout`; `None` means no timeout.
-    pub request_timeout: Option<Duration>,
-    /// `--chunk-size`; `None` (0) lists everything in one request.
-    pub chunk_size: Option<u32>,
-    /// The install namespace.
-    pub namespace: String,
-    /// `-o`.
-    pub format: Format,
-    /// Colour on stdout.
-    pub color_stdout: bool,
-    /// Colour on stderr.
-    pub color_stderr: bool,
-}
-
-/// Whether stdout and stderr are terminals, and NO_COLOR; passed in so resolution is testable.
-#[derive(Debug, Clone, Default)]
-pub struct Terminal {
-    /// stdout is a terminal.
-    pub stdout: bool,
-    /// stderr is a terminal.
-    pub stderr: bool,
-    /// The NO_COLOR variable.
-    pub no_color: Option<String>,
-}
-
-impl Terminal {
-    /// The real process's terminal.
-    pub fn detect() -> Self {
-        use std::io::IsTerminal;
-        Terminal {
-            stdout: std::io::stdout().is_terminal(),
-            stderr: std::io::stderr().is_terminal(),
-            no_color: std::env::var("NO_COLOR").ok(),
-        }
-    }
-}
-
 impl GlobalArgs {
     /// Checks the raw flags.
     pub fn resolve(&self, terminal: &Terminal) -> Result<Options> {
@@ -257,23 +171,31 @@ impl GlobalArgs {
     }
 }
 
-/// Parses a duration flag: whole seconds or humantime (`30s`, `2m`, `1h 30m`).
-pub fn parse_duration_flag(flag: &str, value: &str) -> Result<Duration> {
-    // The core's message already says how to write a duration.
-    s2z_core::settings::parse_duration(value)
-        .map_err(|e| Error::usage(format!("read {flag}"), e.to_string(), None))
-}
-
-/// Like [`parse_duration_flag`], where zero means "no limit".
-pub fn parse_timeout(flag: &str, value: &str) -> Result<Option<Duration>> {
-    let duration = parse_duration_flag(flag, value)?;
-    Ok((!duration.is_zero()).then_some(duration))
+/// Runs the parsed command line.
+pub async fn run(cli: Cli, terminal: &Terminal) -> Result<()> {
+    let ctx = Ctx::new(cli.global.resolve(terminal)?);
+    match cli.command {
+        Command::Status(args) => status::run(&ctx, args).await,
+        Command::Enable(args) => toggle::run(&ctx, toggle::Toggle::Enable, args).await,
+        Command::Disable(args) => toggle::run(&ctx, toggle::Toggle::Disable, args).await,
+        Command::Wake(args) => toggle::run(&ctx, toggle::Toggle::Wake, args).await,
+        Command::Sleep(args) => toggle::run(&ctx, toggle::Toggle::Sleep, args).await,
+        Command::Settings(args) => settings::run(&ctx, args).await,
+        Command::Sweep(args) => sweep::run(&ctx, args).await,
+        Command::Version(args) => version::run(&ctx, args).await,
+        // Completion describes the whole command line, which only this module knows.
+        Command::Completion(args) => completion::run(&ctx, args, Cli::command()),
+        Command::Defrag(args) => defrag::run_cli(&ctx, args)
+            .await
+            .map(drop)
+            .map_err(Error::from),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
+    use std::time::Duration;
 
     fn parse(args: &[&str]) -> std::result::Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("kubectl-s2z").chain(args.iter().copied()))

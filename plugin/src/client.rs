@@ -13,8 +13,8 @@ use kube::{Client, Config};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::cli::Options;
 use crate::error::{Error, Forbidden, Result};
+use crate::options::Options;
 
 /// The group-qualified resource name of orgs, as kubectl and RBAC messages spell it.
 pub const ORGS: &str = "orgs.s2z.dev";

@@ -1,10 +1,9 @@
 //! `kubectl s2z completion bash|zsh|fish`: prints a completion script for `kubectl-s2z`.
 
-use clap::CommandFactory;
 use clap_complete::Shell;
 
+use crate::ctx::Ctx;
 use crate::error::Result;
-use crate::{Cli, Ctx};
 
 /// The shells with completion scripts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -30,27 +29,31 @@ pub struct Args {
     pub shell: CompletionShell,
 }
 
-/// Renders the completion script for `shell`.
-pub fn script(shell: CompletionShell) -> String {
+/// Renders the completion script of `command` (the whole command line) for `shell`.
+///
+/// The caller passes the command in: the command line is defined above this module, and
+/// depending on it here would make the two depend on each other.
+pub fn script(shell: CompletionShell, mut command: clap::Command) -> String {
     let shell = match shell {
         CompletionShell::Bash => Shell::Bash,
         CompletionShell::Zsh => Shell::Zsh,
         CompletionShell::Fish => Shell::Fish,
     };
-    let mut command = Cli::command();
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut command, "kubectl-s2z", &mut out);
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Runs `completion`.
-pub fn run(ctx: &Ctx, args: Args) -> Result<()> {
-    ctx.print(&script(args.shell))
+/// Runs `completion` for `command`, the whole command line.
+pub fn run(ctx: &Ctx, args: Args, command: clap::Command) -> Result<()> {
+    ctx.print(&script(args.shell, command))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::Cli;
+    use clap::CommandFactory;
 
     #[test]
     fn every_shell_gets_a_script_naming_the_subcommands() {
@@ -59,7 +62,7 @@ mod tests {
             CompletionShell::Zsh,
             CompletionShell::Fish,
         ] {
-            let text = script(shell);
+            let text = script(shell, Cli::command());
             assert!(text.contains("kubectl-s2z"), "{shell:?}");
             for sub in [
                 "status", "enable", "disable", "wake", "sleep", "settings", "sweep",

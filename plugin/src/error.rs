@@ -121,9 +121,33 @@ pub enum Error {
     /// Writing output failed.
     #[error("failed to write output: {0}")]
     Output(#[source] io::Error),
-    /// `defrag` failed; it has its own exit codes (see `kubectl s2z defrag --help`).
+    /// A subcommand with an error type of its own failed: `defrag`, which has its own exit
+    /// codes (see `kubectl s2z defrag --help`).
     #[error(transparent)]
-    Defrag(Box<crate::defrag::DefragError>),
+    Subcommand(Box<dyn SubcommandError>),
+}
+
+/// A subcommand's own error type, for a subcommand whose failures need exit codes and hints
+/// beyond the shared ones (`defrag`).
+///
+/// [`Error`] holds it boxed behind this trait instead of naming the type, so that this module
+/// stays below the subcommands: they depend on it, and it never depends on them.
+pub trait SubcommandError: std::error::Error + Send + Sync + 'static {
+    /// The documented exit code.
+    fn exit_code(&self) -> u8;
+    /// True when stdout was closed by the reader; the plugin then exits 0 silently.
+    fn is_broken_pipe(&self) -> bool;
+    /// What the user can do next.
+    fn hint(&self) -> Option<String>;
+}
+
+// `#[error(transparent)]` needs a field that is an `Error` itself, and std implements `Error`
+// for `Box<T>` only when `T` is sized: the boxed trait object gets its own impl, forwarding to
+// the error inside, so the message and the source chain stay the subcommand's.
+impl std::error::Error for Box<dyn SubcommandError> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        (**self).source()
+    }
 }
 
 fn org_list(names: &[String]) -> String {
@@ -187,7 +211,7 @@ impl Error {
             Error::Timeout { .. } => exit::TIMEOUT,
             Error::Output(e) if e.kind() == io::ErrorKind::BrokenPipe => exit::OK,
             Error::Api { .. } | Error::Output(_) => exit::FAILURE,
-            Error::Defrag(e) => e.exit_code(),
+            Error::Subcommand(e) => e.exit_code(),
         }
     }
 
@@ -195,7 +219,7 @@ impl Error {
     pub fn is_broken_pipe(&self) -> bool {
         match self {
             Error::Output(e) => e.kind() == io::ErrorKind::BrokenPipe,
-            Error::Defrag(e) => e.is_broken_pipe(),
+            Error::Subcommand(e) => e.is_broken_pipe(),
             _ => false,
         }
     }
@@ -230,7 +254,7 @@ impl Error {
                 humantime::format_duration(*waited)
             )),
             Error::Api { .. } | Error::Output(_) => None,
-            Error::Defrag(e) => e.hint(),
+            Error::Subcommand(e) => e.hint(),
         }
     }
 

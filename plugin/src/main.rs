@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kubectl_s2z::cli::Terminal;
+use kubectl_s2z::options::Terminal;
 use kubectl_s2z::{Cli, Error, error::exit};
 
 fn main() -> ExitCode {

@@ -1,13 +1,15 @@
 //! Rendering: kubectl-style tables (comfy-table, no borders, upper-case headers), JSON and YAML
-//! documents, ages the way kubectl prints them, and optional colour.
+//! documents, ages the way kubectl prints them, optional colour, and errors as the plugin
+//! reports them.
 
+use std::io::Write;
 use std::time::Duration;
 
 use comfy_table::{Attribute, Cell as TableCell, Color, ContentArrangement, Table, presets};
 use serde::Serialize;
 
-use crate::cli::Format;
 use crate::error::{Error, Result};
+use crate::options::Format;
 
 /// `apiVersion` of every document the plugin prints.
 pub const API_VERSION: &str = "s2z.dev/v1alpha1";
@@ -229,6 +231,19 @@ pub fn exact_duration(d: Duration) -> String {
         }
     }
     text
+}
+
+/// Prints an error the way the plugin promises: no usage text, `error: failed to ...`, then a
+/// hint. Broken pipes print nothing.
+pub fn report(error: &Error, color: bool) {
+    if error.is_broken_pipe() {
+        return;
+    }
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{} {error}", paint("error:", Style::Bad, color));
+    if let Some(hint) = error.hint() {
+        let _ = writeln!(err, "{} {hint}", paint("hint:", Style::Dim, color));
+    }
 }
 
 /// Words for a count: `1 org`, `3 orgs`.

@@ -18,11 +18,11 @@ use s2z_core::settings::{
 use serde::Serialize;
 use serde_json::json;
 
-use crate::Ctx;
-use crate::cli::parse_duration_flag;
 use crate::client::{Cluster, FIELD_MANAGER, Req};
 use crate::cluster::{self, SettingsView};
+use crate::ctx::Ctx;
 use crate::error::{Error, Result};
+use crate::options::parse_duration_flag;
 use crate::output::{API_VERSION, Cell, Style, document, exact_duration, paint, table};
 
 /// Arguments of `settings`.

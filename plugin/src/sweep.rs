@@ -20,11 +20,11 @@ use s2z_core::labels::RECONCILE_ANNOTATION;
 use s2z_core::org::{Org, OrgState};
 use s2z_core::settings::Settings;
 
-use crate::Ctx;
-use crate::cli::parse_duration_flag;
 use crate::client::{Cluster, FIELD_MANAGER, ORGS, Req};
 use crate::cluster::{self, Selection, Want};
+use crate::ctx::Ctx;
 use crate::error::{Error, Result};
+use crate::options::parse_duration_flag;
 use crate::output::{document, plural};
 pub use plan::{Change, OrgChange, RevisionChange, SweepReport, plan, render};
 

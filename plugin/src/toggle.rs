@@ -16,9 +16,9 @@ use s2z_core::org::{Org, OrgState};
 use s2z_core::settings::Settings;
 use serde_json::json;
 
-use crate::Ctx;
 use crate::client::{Cluster, FIELD_MANAGER, ORGS, Req};
 use crate::cluster::{self, Selection};
+use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::output::{age_between, document};
 

@@ -8,8 +8,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use serde::Serialize;
 
-use crate::Ctx;
 use crate::client::Req;
+use crate::ctx::Ctx;
 use crate::error::Result;
 use crate::output::{API_VERSION, document};
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus_client::registry::Registry;
 
-use crate::activity::Activity;
+use crate::activity::parts::Activity;
 use crate::cache::Caches;
 use crate::metrics::AdmissionMetrics;
 

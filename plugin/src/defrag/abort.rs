@@ -16,11 +16,13 @@ use s2z_core::defrag_plan::{
 };
 
 use super::act::{self, PodOutcome};
-use super::error::{DefragError, is_status};
+use super::args::DefragArgs;
+use super::error::{DefragError, Outcome, is_status};
+use super::interrupt::Interrupt;
 use super::inventory::{self, NodeFacts, PodFacts};
 use super::output::{API_VERSION, Printer};
-use super::wait::{self, End, Line, Watched};
-use super::{DefragArgs, Interrupt, Outcome, confirm};
+use super::prompt::confirm;
+use super::wait::{self, End, Line, Watched, pending};
 use crate::client::{Cluster, Req, Shape, list_all};
 
 /// What abort does with one orphan.
@@ -180,7 +182,7 @@ pub async fn run(
     confirm(args, printer, "Proceed with abort?", "abort")?;
 
     let mut interrupt = Interrupt::install();
-    let deadline = super::timeout(args).map(|t| Instant::now() + t);
+    let deadline = args.wait_limit().map(|t| Instant::now() + t);
     report.uncordoned = act::uncordon(cluster, &node).await?;
     printer.line(&if report.uncordoned {
         format!("Node {node_name} uncordoned.")
@@ -357,7 +359,7 @@ fn timed_out(
     printer.document(report)?;
     Err(DefragError::Timeout {
         what: format!("see capacity back for the surplus orphans of node/{node}"),
-        pending: super::pending(lines),
+        pending: pending(lines),
         waited: args.timeout,
         node: node.into(),
     })

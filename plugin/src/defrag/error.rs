@@ -1,4 +1,4 @@
-//! Errors of `kubectl s2z defrag` and the exit codes they map to.
+//! How `kubectl s2z defrag` ends: its outcomes, its errors and the exit codes they map to.
 //!
 //! Defrag has outcomes the other subcommands do not (an unknown node, a node with nothing to do,
 //! a revision without its PodAutoscaler, an interrupted run), so it has its own codes on top of
@@ -8,7 +8,7 @@ use std::io;
 use std::time::Duration;
 
 use crate::client::{Cluster, Req};
-use crate::error::{Error as PluginError, Forbidden, exit};
+use crate::error::{Error as PluginError, Forbidden, SubcommandError, exit};
 
 /// Exit codes of `defrag`; 0-8 are the plugin's shared codes.
 pub mod code {
@@ -38,6 +38,26 @@ Exit codes:
   10   nothing to do: no Knative pod on the node (with --abort: no defrag to undo)
   11   a revision on the node has no PodAutoscaler or Deployment
   130  interrupted (Ctrl-C); the state is kept, run again to resume or use --abort";
+
+/// How a run that did not fail ended; every outcome exits 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The node is safe to drain.
+    Safe,
+    /// `--dry-run` printed the plan.
+    DryRun,
+    /// `--abort` handed everything back.
+    Aborted,
+    /// `--list` or `--candidates` printed.
+    Listed,
+}
+
+impl Outcome {
+    /// The exit code.
+    pub fn exit_code(self) -> u8 {
+        code::OK
+    }
+}
 
 /// Everything that can go wrong in `defrag`.
 #[derive(Debug, thiserror::Error)]
@@ -120,13 +140,12 @@ impl From<io::Error> for DefragError {
 
 impl From<DefragError> for PluginError {
     fn from(e: DefragError) -> Self {
-        PluginError::Defrag(Box::new(e))
+        PluginError::Subcommand(Box::new(e))
     }
 }
 
-impl DefragError {
-    /// The documented exit code.
-    pub fn exit_code(&self) -> u8 {
+impl SubcommandError for DefragError {
+    fn exit_code(&self) -> u8 {
         match self {
             DefragError::UnknownNode(_) => code::UNKNOWN_NODE,
             DefragError::NothingToDo { .. } => code::NOTHING_TO_DO,
@@ -142,8 +161,7 @@ impl DefragError {
         }
     }
 
-    /// True when stdout was closed by the reader.
-    pub fn is_broken_pipe(&self) -> bool {
+    fn is_broken_pipe(&self) -> bool {
         match self {
             DefragError::Output(e) => e.kind() == io::ErrorKind::BrokenPipe,
             DefragError::Cluster(e) => e.is_broken_pipe(),
@@ -151,8 +169,7 @@ impl DefragError {
         }
     }
 
-    /// What the user can do next.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             DefragError::UnknownNode(_) => Some(
                 "`kubectl get nodes` lists the nodes; `kubectl s2z defrag --candidates` ranks the GPU nodes"
@@ -175,7 +192,9 @@ impl DefragError {
             DefragError::Output(_) => None,
         }
     }
+}
 
+impl DefragError {
     /// Maps a client error for `req` through the plugin's shared mapping (see the `From` below).
     pub fn api(cluster: &Cluster, req: &Req, err: kube::Error) -> Self {
         req.error(cluster, err).into()

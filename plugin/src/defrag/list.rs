@@ -11,8 +11,7 @@ use s2z_core::defrag::{NodeLoad, PodClass, candidate_score};
 use s2z_core::defrag_plan::{DEFRAG_ORPHAN_LABEL, node_label_value};
 use serde::Serialize;
 
-use super::Outcome;
-use super::error::DefragError;
+use super::error::{DefragError, Outcome};
 use super::inventory::{self, NodeFacts, PodFacts, add_budget_blockers};
 use super::output::{API_VERSION, Printer};
 use crate::client::{Cluster, Req, Shape, list_all};

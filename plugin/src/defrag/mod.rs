@@ -7,161 +7,34 @@
 //! All state lives in the cluster (annotations on the node and the orphans), so a run that timed
 //! out or was interrupted is resumed by running the same command again, and undone by `--abort`.
 //! Submodules: [`inventory`] reads, [`act`] writes, [`wait`] watches, [`abort`] undoes,
-//! [`list`] shows leftover orphans and ranks candidate nodes, [`output`] renders.
+//! [`list`] shows leftover orphans and ranks candidate nodes, [`output`] renders; [`args`],
+//! [`error`], [`interrupt`] and [`prompt`] are what they share. This module only runs the
+//! steps: the submodules never depend on it, so the dependencies run one way.
 
 pub mod abort;
 pub mod act;
+pub mod args;
 pub mod error;
+pub mod interrupt;
 pub mod inventory;
 pub mod list;
 pub mod output;
+pub mod prompt;
 pub mod wait;
 
-use std::io::{self, IsTerminal, Write};
-use std::time::Duration;
+use std::io::{self, Write};
 
 use s2z_core::defrag_plan::drain_command;
-use tokio::sync::watch;
 
-pub use error::{DefragError, EXIT_CODES};
+pub use args::DefragArgs;
+pub use error::{DefragError, EXIT_CODES, Outcome};
+pub use interrupt::Interrupt;
 use output::{Printer, Progress, Report};
-use wait::{End, Line, Watched};
+use prompt::confirm;
+use wait::{End, Line, Watched, pending};
 
-use crate::cli::Format;
 use crate::client::Cluster;
-
-/// Arguments of `defrag`.
-#[derive(clap::Args, Debug, Clone)]
-#[command(after_long_help = after_help())]
-pub struct DefragArgs {
-    /// The node to empty
-    #[arg(value_name = "NODE", required_unless_present_any = ["list", "candidates"])]
-    pub node: Option<String>,
-    /// Print the inventory, the blockers and the plan; change nothing
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Do not ask for confirmation (required when stdin is not a terminal)
-    #[arg(short = 'y', long)]
-    pub yes: bool,
-    /// How long to wait for the replacements before giving up (the state is kept); 0 waits forever
-    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_timeout)]
-    pub timeout: Duration,
-    /// Undo a defrag of NODE: uncordon it and hand every orphan back to its ReplicaSet
-    #[arg(long, conflicts_with_all = ["list", "candidates"])]
-    pub abort: bool,
-    /// Rank GPU nodes by how cheaply they can be emptied
-    #[arg(long, conflicts_with_all = ["list", "node", "dry_run"])]
-    pub candidates: bool,
-    /// List pods left orphaned by defrag, cluster-wide (or on NODE)
-    #[arg(long, conflicts_with = "dry_run")]
-    pub list: bool,
-    /// With --candidates: only nodes matching this label selector
-    #[arg(short = 'l', long, value_name = "SELECTOR")]
-    pub selector: Option<String>,
-    /// Output format, filled in from the global `-o` by the caller.
-    #[arg(skip = Format::Table)]
-    pub format: Format,
-    /// Colour on stdout, filled in by the caller.
-    #[arg(skip)]
-    pub color: bool,
-}
-
-/// `defrag --help`'s epilogue: how it works, then the exit codes.
-fn after_help() -> String {
-    format!(
-        "\
-How it works (seed 002):
-  1. Inventory the node: pods, GPUs, replicas, PodAutoscaler scale, blockers.
-  2. Confirm (\"Proceed with defrag? (y/n)\"), unless --yes.
-  3. Cordon the node; orphan each Knative revision pod from its ReplicaSet (remove its
-     ownerReferences and pod-template-hash label, guarded by its resourceVersion). The
-     ReplicaSet starts a replacement elsewhere; the orphan keeps serving.
-  4. Watch until, for every revision with m pods on the node,
-     current_kpa_scale >= initial_replicas + m  or  current_kpa_scale >= current_replicas + m.
-  5. Print \"Safe to defrag/remove node\" and the kubectl drain command. s2z never evicts.
-
-Orphans carry the label s2z.dev/defrag-node and s2z.dev/defrag-* annotations. Running the
-same command again resumes; --abort uncordons and hands each orphan back to its ReplicaSet
-(which then removes one surplus pod, a not-yet-ready replacement first), never dropping below
-the serving capacity. `defrag --list` shows orphans left anywhere.
-
-{EXIT_CODES}"
-    )
-}
-
-fn parse_timeout(value: &str) -> Result<Duration, String> {
-    s2z_core::settings::parse_duration(value).map_err(|e| e.to_string())
-}
-
-/// How a run that did not fail ended; every outcome exits 0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// The node is safe to drain.
-    Safe,
-    /// `--dry-run` printed the plan.
-    DryRun,
-    /// `--abort` handed everything back.
-    Aborted,
-    /// `--list` or `--candidates` printed.
-    Listed,
-}
-
-impl Outcome {
-    /// The exit code.
-    pub fn exit_code(self) -> u8 {
-        error::code::OK
-    }
-}
-
-/// Ctrl-C and SIGTERM, turned into a flag checked between writes and a future the wait selects
-/// on, so an interrupted run stops between two consistent states instead of dying mid-way.
-#[derive(Debug)]
-pub struct Interrupt {
-    rx: watch::Receiver<bool>,
-}
-
-impl Interrupt {
-    /// Installs the handlers. From then on Ctrl-C no longer kills the process at once.
-    pub fn install() -> Self {
-        let (tx, rx) = watch::channel(false);
-        tokio::spawn(async move {
-            let terminate = async {
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(mut s) => {
-                        s.recv().await;
-                    }
-                    Err(_) => futures::future::pending::<()>().await,
-                }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                () = terminate => {}
-            }
-            let _ = tx.send(true);
-        });
-        Interrupt { rx }
-    }
-
-    /// An interrupt that never fires.
-    pub fn never() -> Self {
-        let (tx, rx) = watch::channel(false);
-        // Keep the sender alive forever so `wait` pends instead of returning.
-        std::mem::forget(tx);
-        Interrupt { rx }
-    }
-
-    /// True once a signal arrived.
-    pub fn fired(&self) -> bool {
-        *self.rx.borrow()
-    }
-
-    /// Resolves when a signal arrives.
-    pub async fn wait(&mut self) {
-        if self.rx.wait_for(|fired| *fired).await.is_err() {
-            futures::future::pending::<()>().await;
-        }
-    }
-}
+use crate::ctx::Ctx;
 
 /// Runs `defrag` with a bare client; messages name the API server generically.
 pub async fn run(
@@ -205,80 +78,12 @@ pub async fn run_on(
 }
 
 /// Runs `defrag` for the plugin: fills in the global output flags and connects.
-pub async fn run_cli(ctx: &crate::Ctx, mut args: DefragArgs) -> Result<Outcome, DefragError> {
+pub async fn run_cli(ctx: &Ctx, mut args: DefragArgs) -> Result<Outcome, DefragError> {
     args.format = ctx.options.format;
     args.color = ctx.options.color_stdout;
     let cluster = ctx.cluster().await.map_err(DefragError::Cluster)?;
     let mut out = io::stdout();
     run_on(cluster, &args, &mut out).await
-}
-
-/// Asks `question` unless `--yes`; refuses when nobody can answer.
-pub fn confirm(
-    args: &DefragArgs,
-    printer: &mut Printer<'_>,
-    question: &str,
-    what: &str,
-) -> Result<(), DefragError> {
-    if args.yes {
-        printer.human("\n")?;
-        return Ok(());
-    }
-    if !io::stdin().is_terminal() {
-        return Err(DefragError::Refused {
-            what: what.into(),
-            why: "stdin is not a terminal and --yes was not given; nothing was changed".into(),
-            hint: "run it from a terminal to answer the prompt, or pass --yes; --dry-run shows the plan without changing anything".into(),
-        });
-    }
-    printer.human(&format!("\n{question} (y/n): "))?;
-    let mut answer = String::new();
-    io::stdin().read_line(&mut answer)?;
-    match answer.trim().to_ascii_lowercase().as_str() {
-        "y" | "yes" => Ok(()),
-        _ => Err(DefragError::Refused {
-            what: what.into(),
-            why: "declined at the prompt; nothing was changed".into(),
-            hint: "--dry-run shows the plan without changing anything".into(),
-        }),
-    }
-}
-
-/// The timeout, `None` for 0 (forever).
-pub fn timeout(args: &DefragArgs) -> Option<Duration> {
-    (!args.timeout.is_zero()).then_some(args.timeout)
-}
-
-/// Words for what a revision still needs.
-fn pending(lines: &[Line]) -> String {
-    let waiting: Vec<String> = lines
-        .iter()
-        .filter(|l| !l.satisfied())
-        .map(|l| {
-            if l.known {
-                format!(
-                    "revision {}/{} needs {} more ready pod(s) (current_scale={} replicas={} initial_scale={} on_node={})",
-                    l.namespace,
-                    l.progress.revision,
-                    l.progress.extra_needed(),
-                    l.progress.current_kpa_scale,
-                    l.progress.current_replicas,
-                    l.progress.initial_replicas,
-                    l.progress.on_node
-                )
-            } else {
-                format!(
-                    "revision {}/{}: its PodAutoscaler reports no actualScale",
-                    l.namespace, l.progress.revision
-                )
-            }
-        })
-        .collect();
-    if waiting.is_empty() {
-        "the watches never completed their first list".into()
-    } else {
-        waiting.join("; ")
-    }
 }
 
 /// The commands to resume and to abort.
@@ -371,7 +176,7 @@ async fn defrag(
         cluster,
         node,
         &watched,
-        timeout(args),
+        args.wait_limit(),
         &mut interrupt,
         |t| {
             let lines = t.lines(false);
@@ -433,62 +238,4 @@ fn interrupted(
         what: "defrag".into(),
         node: node.into(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: DefragArgs,
-    }
-
-    fn parse(args: &[&str]) -> Result<DefragArgs, clap::Error> {
-        Cli::try_parse_from(std::iter::once("defrag").chain(args.iter().copied())).map(|c| c.args)
-    }
-
-    #[test]
-    fn flags_parse_and_default() -> Result<(), clap::Error> {
-        let a = parse(&["gpu-1"])?;
-        assert_eq!(a.node.as_deref(), Some("gpu-1"));
-        assert_eq!(a.timeout, Duration::from_secs(1800));
-        assert!(!a.yes && !a.dry_run && !a.abort);
-        let a = parse(&["gpu-1", "--timeout", "90s", "--yes", "--abort"])?;
-        assert_eq!(a.timeout, Duration::from_secs(90));
-        assert!(a.yes && a.abort);
-        assert!(parse(&["--list"])?.list);
-        assert!(parse(&["--candidates", "-l", "pool=h100"])?.candidates);
-        Ok(())
-    }
-
-    #[test]
-    fn bad_combinations_are_usage_errors() {
-        assert!(parse(&[]).is_err(), "a node is required");
-        assert!(parse(&["n", "--timeout", "soon"]).is_err());
-        assert!(parse(&["n", "--candidates"]).is_err());
-        assert!(parse(&["--list", "--abort"]).is_err());
-    }
-
-    #[test]
-    fn pending_names_what_is_missing() {
-        let line = Line {
-            namespace: "ns".into(),
-            progress: s2z_core::defrag::RevisionProgress {
-                revision: "r".into(),
-                current_kpa_scale: 3,
-                initial_replicas: 3,
-                current_replicas: 3,
-                on_node: 1,
-            },
-            known: true,
-            gone: false,
-        };
-        assert_eq!(
-            pending(&[line]),
-            "revision ns/r needs 1 more ready pod(s) (current_scale=3 replicas=3 initial_scale=3 on_node=1)"
-        );
-    }
 }

@@ -11,9 +11,10 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use s2z_core::defrag::PodClass;
 use serde::Serialize;
 
+use super::error::DefragError;
 use super::inventory::{Inventory, PodFacts};
-use super::wait::Line;
-use crate::cli::Format;
+use super::wait::{Line, Watched};
+use crate::options::Format;
 use crate::output::{Cell, Style, document, paint, table};
 
 /// `apiVersion` of defrag's documents.
@@ -66,11 +67,11 @@ impl<'a> Printer<'a> {
     }
 
     /// The document, with `-o json|yaml` only.
-    pub fn document<T: Serialize>(&mut self, value: &T) -> Result<(), super::DefragError> {
+    pub fn document<T: Serialize>(&mut self, value: &T) -> Result<(), DefragError> {
         if !self.structured() {
             return Ok(());
         }
-        let text = document(self.format, value).map_err(super::DefragError::Cluster)?;
+        let text = document(self.format, value).map_err(DefragError::Cluster)?;
         self.out.write_all(text.as_bytes())?;
         self.out.flush()?;
         Ok(())
@@ -435,7 +436,7 @@ pub enum Progress {
 
 impl Progress {
     /// Bars when stderr is a terminal, lines otherwise.
-    pub fn new(revisions: &[super::wait::Watched]) -> Self {
+    pub fn new(revisions: &[Watched]) -> Self {
         if !io::stderr().is_terminal() {
             return Progress::Lines { last: Vec::new() };
         }

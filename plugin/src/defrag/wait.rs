@@ -17,8 +17,8 @@ use s2z_core::defrag::RevisionProgress;
 use s2z_core::labels::REVISION_LABEL;
 use tokio::time::Instant;
 
-use super::Interrupt;
 use super::error::DefragError;
+use super::interrupt::Interrupt;
 use super::inventory::{actual_scale, pod_autoscalers, replicas};
 use crate::client::{Cluster, Req};
 
@@ -107,6 +107,38 @@ impl Line {
         } else {
             self.progress.to_string()
         }
+    }
+}
+
+/// Words for what a revision still needs.
+pub fn pending(lines: &[Line]) -> String {
+    let waiting: Vec<String> = lines
+        .iter()
+        .filter(|l| !l.satisfied())
+        .map(|l| {
+            if l.known {
+                format!(
+                    "revision {}/{} needs {} more ready pod(s) (current_scale={} replicas={} initial_scale={} on_node={})",
+                    l.namespace,
+                    l.progress.revision,
+                    l.progress.extra_needed(),
+                    l.progress.current_kpa_scale,
+                    l.progress.current_replicas,
+                    l.progress.initial_replicas,
+                    l.progress.on_node
+                )
+            } else {
+                format!(
+                    "revision {}/{}: its PodAutoscaler reports no actualScale",
+                    l.namespace, l.progress.revision
+                )
+            }
+        })
+        .collect();
+    if waiting.is_empty() {
+        "the watches never completed their first list".into()
+    } else {
+        waiting.join("; ")
     }
 }
 
@@ -482,5 +514,25 @@ mod tests {
         assert!(t.ready());
         assert_eq!(t.on_node("ns", "r", true), 0, "adopted again");
         assert_eq!(t.on_node("ns", "r", false), 1);
+    }
+
+    #[test]
+    fn pending_names_what_is_missing() {
+        let line = Line {
+            namespace: "ns".into(),
+            progress: s2z_core::defrag::RevisionProgress {
+                revision: "r".into(),
+                current_kpa_scale: 3,
+                initial_replicas: 3,
+                current_replicas: 3,
+                on_node: 1,
+            },
+            known: true,
+            gone: false,
+        };
+        assert_eq!(
+            pending(&[line]),
+            "revision ns/r needs 1 more ready pod(s) (current_scale=3 replicas=3 initial_scale=3 on_node=1)"
+        );
     }
 }

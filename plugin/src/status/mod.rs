@@ -16,9 +16,9 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use s2z_core::org::{Org, OrgState};
 
-use crate::Ctx;
 use crate::client::{Cluster, ORGS, Req};
 use crate::cluster::{self, Selection, Want};
+use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use report::{StateFilter, StatusReport};
 
@@ -118,7 +118,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<()> {
 }
 
 fn print(ctx: &Ctx, report: &StatusReport, first: bool) -> Result<()> {
-    use crate::cli::Format;
+    use crate::options::Format;
     let format = ctx.options.format;
     let color = ctx.options.color_stdout;
     let mut text = String::new();

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod metrics;
+pub mod parts;
 pub mod queue;
 pub mod write;
 
@@ -23,25 +24,15 @@ use s2z_core::activity::parse_signal;
 use s2z_core::org::OrgState;
 use serde_json::json;
 
-use self::auth::{AuthError, Authenticator, bearer, token_key};
-use self::metrics::ActivityMetrics;
-use self::queue::{ActivityQueue, Signal, SubmitError};
+pub use self::parts::Activity;
+
+use self::auth::{AuthError, bearer, token_key};
+use self::queue::{Signal, SubmitError};
 use crate::state::SharedState;
 use crate::view::{ClusterView, evaluate_org};
 
 /// Largest accepted request body; a signal is a few dozen bytes.
 const MAX_BODY_BYTES: usize = 4096;
-
-/// The endpoint's parts.
-#[derive(Debug)]
-pub struct Activity {
-    /// Token and access checks.
-    pub auth: Authenticator,
-    /// The writer's queue.
-    pub queue: ActivityQueue,
-    /// Metrics.
-    pub metrics: ActivityMetrics,
-}
 
 /// Why a request was not accepted, and how to answer.
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +162,8 @@ mod tests {
     use tokio_util::sync::CancellationToken;
     use tower::ServiceExt;
 
+    use super::auth::Authenticator;
+    use super::metrics::ActivityMetrics;
     use crate::cache::{CacheScope, Caches};
     use crate::metrics::AdmissionMetrics;
     use crate::state::AppState;
