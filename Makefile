@@ -13,7 +13,7 @@ HELM_SRC  := tests/helm/go.mod tests/helm/go.sum tests/helm/build
 export S2Z_STATE_DIR := $(STATE_DIR)
 export S2Z_KNATIVE_STATE_DIR := $(KNATIVE_STATE_DIR)
 
-.PHONY: all build cluster cluster-up cluster-down knative-up knative-down test unit integration lint demo demo-down bench bench-webhook bench-status bench-dormancy bench-spike bench-wake webhook-local check-manifests generate check-generated chart check-chart dist clean packages
+.PHONY: all build cluster cluster-up cluster-down knative-up knative-down test unit integration lint demo demo-down bench bench-webhook bench-status bench-dormancy bench-spike bench-wake webhook-local check-manifests generate check-generated chart check-chart dist image clean packages
 
 all: build
 
@@ -35,6 +35,11 @@ $(KNATIVE): $(KNATIVE_SRC)
 $(HELM): $(HELM_SRC)
 	tests/helm/build
 
+## image: the s2z-webhook OCI image (target/image/oci, dist/s2z-webhook_v<version>_oci.tar), built
+## with no container daemon: a static musl binary, written as an OCI layout by umoci
+image: packages
+	scripts/image
+
 ## cluster-up / cluster-down: the local control plane, left running for you (see `$(CLUSTER) status`)
 cluster-up: $(CLUSTER)
 	$(CLUSTER) up --state-dir $(STATE_DIR)
@@ -48,7 +53,7 @@ knative-down:
 	@if [ -x $(CLUSTER) ]; then $(CLUSTER) down --state-dir $(KNATIVE_STATE_DIR); fi
 
 ## test: everything CI runs: formatting, lints, generated files, manifests, unit tests and integration tests
-test: build check-generated check-manifests
+test: build image check-generated check-manifests
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(CLUSTER) up --state-dir $(STATE_DIR)

@@ -5,6 +5,7 @@
 //! namespaces and orgs so tests run in parallel without interfering.
 
 pub mod activator;
+pub mod container;
 pub mod env;
 pub mod nodes;
 pub mod plane;

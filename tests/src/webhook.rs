@@ -427,7 +427,7 @@ pub fn counter_sum(text: &str, name: &str) -> u64 {
 
 /// A one-shot plain HTTP/1.1 GET on 127.0.0.1: enough for health and metrics endpoints, with
 /// no client library to configure.
-async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+pub async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .with_context(|| format!("failed to connect to 127.0.0.1:{port}"))?;

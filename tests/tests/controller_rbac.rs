@@ -9,34 +9,12 @@ mod controller_support;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use controller_support::{Fixture, WAIT};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
-use kube::api::{Api, DeleteParams, PostParams};
 use s2z_core::labels::MIN_SCALE;
 use s2z_core::org::OrgState;
-use s2z_tests::plane::repo_root;
 use s2z_tests::webhook::WebhookProcess;
-use serde::Deserialize;
 use serde_json::json;
-
-/// The rules of one Role or ClusterRole of manifests/base/rbac.yaml.
-fn shipped_rules(kind: &str, name: &str, namespace: Option<&str>) -> Result<Vec<PolicyRule>> {
-    let text = std::fs::read_to_string(repo_root().join("manifests/base/rbac.yaml"))?;
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let value = serde_yaml::Value::deserialize(doc)?;
-        let meta = &value["metadata"];
-        if value["kind"].as_str() == Some(kind)
-            && meta["name"].as_str() == Some(name)
-            && meta["namespace"].as_str() == namespace
-        {
-            return Ok(serde_yaml::from_value(value["rules"].clone())?);
-        }
-    }
-    anyhow::bail!("{kind} {name} not found in manifests/base/rbac.yaml")
-}
 
 fn kubeconfig(server: &str, ca: &Path, token: &str, dir: &Path) -> Result<PathBuf> {
     let config = json!({
@@ -62,72 +40,7 @@ async fn the_shipped_rbac_is_enough() -> Result<()> {
         ],
     )
     .await?;
-    let client = fx.env.client.clone();
-    let id = fx.env.id.clone();
-    let sa_name = "s2z-webhook";
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &fx.sys);
-    sas.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": sa_name}}))?,
-    )
-    .await?;
-    let subject = json!([{"kind": "ServiceAccount", "name": sa_name, "namespace": fx.sys}]);
-    let cluster_name = format!("{id}-webhook");
-    let role: ClusterRole = serde_json::from_value(json!({
-        "metadata": {"name": cluster_name},
-        "rules": shipped_rules("ClusterRole", "s2z-webhook", None)?,
-    }))?;
-    Api::<ClusterRole>::all(client.clone())
-        .create(&PostParams::default(), &role)
-        .await?;
-    let binding: ClusterRoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": cluster_name},
-        "subjects": subject,
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_name},
-    }))?;
-    Api::<ClusterRoleBinding>::all(client.clone())
-        .create(&PostParams::default(), &binding)
-        .await?;
-    for (ns, shipped_ns, shipped_name) in [
-        (fx.sys.clone(), "s2z-system", "s2z-webhook"),
-        (
-            fx.knative.clone(),
-            "knative-serving",
-            "s2z-webhook-knative-config",
-        ),
-    ] {
-        let role: Role = serde_json::from_value(json!({
-            "metadata": {"name": shipped_name, "namespace": ns},
-            "rules": shipped_rules("Role", shipped_name, Some(shipped_ns))?,
-        }))?;
-        Api::<Role>::namespaced(client.clone(), &ns)
-            .create(&PostParams::default(), &role)
-            .await?;
-        let binding: RoleBinding = serde_json::from_value(json!({
-            "metadata": {"name": shipped_name, "namespace": ns},
-            "subjects": subject,
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": shipped_name},
-        }))?;
-        Api::<RoleBinding>::namespaced(client.clone(), &ns)
-            .create(&PostParams::default(), &binding)
-            .await?;
-    }
-    let token = sas
-        .create_token_request(
-            sa_name,
-            &PostParams::default(),
-            &TokenRequest {
-                spec: Some(TokenRequestSpec {
-                    expiration_seconds: Some(3600),
-                    ..TokenRequestSpec::default()
-                }),
-                ..TokenRequest::default()
-            },
-        )
-        .await?
-        .status
-        .and_then(|s| s.token)
-        .context("no token")?;
+    let token = fx.webhook_identity().await?;
     let dir = tempfile::tempdir()?;
     let plane = &fx.env.plane;
     let config = kubeconfig(&plane.server, &plane.ca_file, &token, dir.path())?;
@@ -176,13 +89,5 @@ async fn the_shipped_rbac_is_enough() -> Result<()> {
         "a permission is missing:\n{logs}"
     );
 
-    Api::<ClusterRoleBinding>::all(client.clone())
-        .delete(&cluster_name, &DeleteParams::default())
-        .await
-        .ok();
-    Api::<ClusterRole>::all(client.clone())
-        .delete(&cluster_name, &DeleteParams::default())
-        .await
-        .ok();
     fx.cleanup().await
 }

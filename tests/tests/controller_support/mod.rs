@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+mod shipped;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
