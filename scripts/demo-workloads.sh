@@ -39,7 +39,8 @@ spec:
   template:
     metadata:
       labels: {serving.kserve.io/inferenceservice: model, component: predictor}
-      annotations: {autoscaling.knative.dev/min-scale: "2", autoscaling.knative.dev/window: "$window"}
+      # The model server takes 3s to load its weights before it is Ready (KWOK reads this).
+      annotations: {autoscaling.knative.dev/min-scale: "2", autoscaling.knative.dev/window: "$window", pod-ready.stage.kwok.x-k8s.io/delay: "3s"}
     spec:
       containers:
         - image: $image

@@ -119,6 +119,8 @@ done
 [[ $(kubectl get org sleepy -o jsonpath='{.status.state}') == Active ]] || fail "sleepy did not wake"
 if has_knative; then
   start=$SECONDS
+  # The model's pods load their weights for a few seconds: status lists what is still starting.
+  run kubectl s2z status sleepy
   wait_warm sleepy || fail "sleepy is Active but not warm"
   echo "sleepy is warm again after $((SECONDS - start))s: its revisions born at zero were scaled to their min-scale (Event Warming)"
   kubectl get events --field-selector involvedObject.name=sleepy,involvedObject.kind=Org,reason=Warming -o custom-columns=REASON:.reason,MESSAGE:.message 2>/dev/null | tail -n 1 || true
