@@ -149,7 +149,7 @@ webhook-local:
 	manifests/overlays/local/install.sh
 
 ## check-manifests: every kustomize overlay renders (self-signed with a throwaway certificate), and
-## the prometheus-operator component on top of one
+## the prometheus-operator and grafana-dashboard components on top of one
 check-manifests: $(CLUSTER)
 	tests/cluster/bin/kubectl kustomize manifests/base >/dev/null
 	tests/cluster/bin/kubectl kustomize manifests/overlays/cert-manager >/dev/null
@@ -161,7 +161,10 @@ check-manifests: $(CLUSTER)
 	  mkdir $$tmp/manifests/overlays/with-monitoring && \
 	  printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../cert-manager]\ncomponents: [../../components/prometheus-operator]\n' \
 	    > $$tmp/manifests/overlays/with-monitoring/kustomization.yaml && \
-	  tests/cluster/bin/kubectl kustomize $$tmp/manifests/overlays/with-monitoring | grep -q 'kind: ServiceMonitor'
+	  tests/cluster/bin/kubectl kustomize $$tmp/manifests/overlays/with-monitoring | grep -q 'kind: ServiceMonitor' && \
+  printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../cert-manager]\ncomponents: [../../components/grafana-dashboard]\n' \
+    > $$tmp/manifests/overlays/with-monitoring/kustomization.yaml && \
+  tests/cluster/bin/kubectl kustomize $$tmp/manifests/overlays/with-monitoring | grep -q 'name: s2z-grafana-dashboard'
 	@echo "check-manifests: ok"
 
 ## dist: the release files in dist/: the plugin's krew archives kubectl-s2z_v<version>_<os>_<arch>.tar.gz

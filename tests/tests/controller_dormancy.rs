@@ -15,6 +15,7 @@ use controller_support::{Fixture, WAIT, time};
 use s2z_core::labels::{DECLARED_ANNOTATION, INITIAL_SCALE, MIN_SCALE};
 use s2z_core::org::OrgState;
 use s2z_tests::env::eventually;
+use s2z_tests::webhook::{WebhookProcess, sample_sum};
 use serde_json::json;
 
 const CALM: [(&str, &str); 3] = [
@@ -142,6 +143,36 @@ async fn org_goes_dormant_on_time_and_activity_wakes_it_with_declared_scale() ->
     fx.cleanup().await
 }
 
+/// Waits until the webhook's schedule metrics show `states` (orgs by state) and `due` (active
+/// orgs due within a horizon), and prints them.
+async fn schedule_is(
+    webhook: &WebhookProcess,
+    states: &[(&str, u64)],
+    due: &[(&str, u64)],
+) -> Result<()> {
+    let text = eventually("the schedule metrics", WAIT, || async {
+        let (_, text) = webhook.get("/metrics").await?;
+        let matches = states.iter().all(|(state, n)| {
+            sample_sum(&text, "s2z_webhook_controller_orgs", &[("state", state)]) == *n
+        }) && due.iter().all(|(within, n)| {
+            sample_sum(
+                &text,
+                "s2z_webhook_controller_orgs_due",
+                &[("within", within)],
+            ) == *n
+        });
+        Ok(matches.then_some(text))
+    })
+    .await?;
+    for line in text.lines().filter(|l| {
+        l.starts_with("s2z_webhook_controller_orgs")
+            || l.starts_with("s2z_webhook_controller_next_flip")
+    }) {
+        eprintln!("{line}");
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn settings_change_re_evaluates_every_org_at_once() -> Result<()> {
     let mut fx = Fixture::new("ctl-settings", &CALM).await?;
@@ -157,6 +188,18 @@ async fn settings_change_re_evaluates_every_org_at_once() -> Result<()> {
     for (name, _) in &orgs {
         fx.wait_state(name, OrgState::Active, WAIT).await?;
     }
+    // The schedule metrics (this webhook sees only this test's orgs): three active orgs, each
+    // due in about an hour (the period), none within 5 minutes.
+    schedule_is(
+        &webhook,
+        &[("Active", 3), ("Dormant", 0)],
+        &[("5m", 0), ("6h", 3)],
+    )
+    .await?;
+    let next = webhook
+        .metric("s2z_webhook_controller_next_flip_seconds", &[])
+        .await?;
+    ensure!((3500..=3600).contains(&next), "next flip in {next}s");
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // One step: edit the ConfigMap. No sweep, no restart (the sweep interval is an hour).
@@ -174,6 +217,14 @@ async fn settings_change_re_evaluates_every_org_at_once() -> Result<()> {
     }
     let took = changed.elapsed();
     eprintln!("settings change to every org dormant and patched: {took:?}");
+    schedule_is(&webhook, &[("Active", 0), ("Dormant", 3)], &[("24h", 0)]).await?;
+    let flips = webhook
+        .metric(
+            "s2z_webhook_controller_flips_total",
+            &[("from", "Active"), ("state", "Dormant")],
+        )
+        .await?;
+    ensure!(flips == 3, "{flips} flips Active -> Dormant");
     // "At once" against a sweep interval of an hour; the bound only absorbs a loaded machine.
     ensure!(
         took <= Duration::from_secs(10),

@@ -85,6 +85,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let admission_metrics = AdmissionMetrics::register(&mut registry);
     let controller_metrics = ControllerMetrics::register(&mut registry);
     let activity_metrics = ActivityMetrics::register(&mut registry);
+    let (leader_tx, leader_rx) = watch::channel(false);
+    controller::schedule::register(&mut registry, caches.clone(), leader_rx.clone());
 
     // Pending activity outlives the servers: it is flushed after the last request is answered.
     let writing = CancellationToken::new();
@@ -114,7 +116,6 @@ pub async fn run(config: Config) -> Result<(), Error> {
             instance: Some(config.leader_id.clone()),
         },
     ));
-    let (leader_tx, leader_rx) = watch::channel(false);
     let mut controller_tasks = vec![tokio::spawn(controller::settings::monitor(
         caches.clone(),
         controller_metrics.clone(),

@@ -21,7 +21,7 @@ pub struct ControllerMetrics {
     reconcile_duration: Histogram,
     patches: Family<Labels2, Counter>,
     status_writes: Family<Labels, Counter>,
-    flips: Family<Labels, Counter>,
+    flips: Family<Labels2, Counter>,
     flip_lag: Histogram,
     events: Family<Labels, Counter>,
     settings_invalid: Counter,
@@ -73,7 +73,7 @@ impl ControllerMetrics {
         );
         registry.register(
             "controller_flips",
-            "Org state changes by new state",
+            "Org state changes by previous state (from; None for an org's first report) and new state",
             metrics.flips.clone(),
         );
         registry.register(
@@ -126,9 +126,13 @@ impl ControllerMetrics {
             .inc();
     }
 
-    /// Records a flip, with its lag behind the due time when it was due to inactivity.
-    pub fn flipped(&self, state: OrgState, lag: Option<Duration>) {
-        self.flips.get_or_create(&[("state", state.as_str())]).inc();
+    /// Records a flip from `from` (`None`: the org's first report) to `state`, with its lag
+    /// behind the due time when it was due to inactivity.
+    pub fn flipped(&self, from: Option<OrgState>, state: OrgState, lag: Option<Duration>) {
+        let from = from.map_or("None", OrgState::as_str);
+        self.flips
+            .get_or_create(&[("from", from), ("state", state.as_str())])
+            .inc();
         if let Some(lag) = lag {
             self.flip_lag.observe(lag.as_secs_f64());
         }
@@ -160,7 +164,11 @@ mod tests {
         m.reconciled(true, Duration::from_millis(3));
         m.patched("revision", true);
         m.status_written("changed");
-        m.flipped(OrgState::Dormant, Some(Duration::from_millis(20)));
+        m.flipped(
+            Some(OrgState::Active),
+            OrgState::Dormant,
+            Some(Duration::from_millis(20)),
+        );
         m.settings(false, true);
         let text = crate::metrics::render(&registry).unwrap_or_default();
         for line in [
@@ -168,7 +176,7 @@ mod tests {
             r#"s2z_webhook_controller_reconciles_total{result="ok"} 1"#,
             r#"s2z_webhook_controller_patches_total{kind="revision",result="ok"} 1"#,
             r#"s2z_webhook_controller_status_writes_total{reason="changed"} 1"#,
-            r#"s2z_webhook_controller_flips_total{state="Dormant"} 1"#,
+            r#"s2z_webhook_controller_flips_total{from="Active",state="Dormant"} 1"#,
             "s2z_webhook_controller_flip_lag_seconds_count 1",
             "s2z_webhook_settings_invalid_total 1",
             "s2z_webhook_settings_valid 0",

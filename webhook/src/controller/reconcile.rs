@@ -243,7 +243,7 @@ async fn announce(
             .and_then(|due| (now - due).to_std().ok()),
         _ => None,
     };
-    ctx.metrics.flipped(state, lag);
+    ctx.metrics.flipped(old.and_then(|s| s.state), state, lag);
     let total = next.pynodes.total + next.models.total;
     let (reason, note) = match state {
         OrgState::Dormant => (
