@@ -12,6 +12,7 @@ pub mod dormancy;
 pub mod knative;
 pub mod labels;
 pub mod org;
+pub mod savings;
 pub mod schedule;
 pub mod settings;
 #[cfg(any(test, feature = "testing"))]

@@ -198,6 +198,30 @@ pub struct OrgStatus {
     /// waits for it to pass the time of its `s2z.dev/reconcile-requested-at`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_evaluated_at: Option<String>,
+    /// What scale to zero has saved this org: pods and GPUs not held while it was dormant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savings: Option<Savings>,
+}
+
+/// The savings ledger of one org, written by the controller at its flips only (a bounded,
+/// cheap write): when it goes dormant, the warm floor it would otherwise hold; when it wakes,
+/// that floor times the time it spent dormant, added to the totals.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Savings {
+    /// Pods the org holds warm while active (each routable revision's declared min-scale, at
+    /// least 1), as of its last flip to Dormant.
+    #[serde(default)]
+    pub floor_pods: u32,
+    /// `nvidia.com/gpu` those pods request.
+    #[serde(default)]
+    pub floor_gpus: u32,
+    /// Pod-seconds not held over the org's completed dormant periods.
+    #[serde(default)]
+    pub pod_seconds: u64,
+    /// GPU-seconds not held over the org's completed dormant periods.
+    #[serde(default)]
+    pub gpu_seconds: u64,
 }
 
 impl OrgStatus {

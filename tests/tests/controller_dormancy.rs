@@ -143,6 +143,89 @@ async fn org_goes_dormant_on_time_and_activity_wakes_it_with_declared_scale() ->
     fx.cleanup().await
 }
 
+/// The savings ledger on the real plane: the warm floor recorded at the flip to Dormant (pods
+/// from the declared min-scale, GPUs from the revision's spec), floor times time dormant added
+/// at the wake, and `kubectl s2z status` showing it.
+#[tokio::test]
+async fn the_ledger_counts_the_gpus_dormancy_did_not_hold() -> Result<()> {
+    let mut fx = Fixture::new("ctl-ledger", &CALM).await?;
+    let webhook = fx.webhook(&[]).await?;
+    let token = fx.sender("gateway", Some(&[])).await?;
+    let name = fx.env.name("acme");
+    let ns = fx.org_namespace(&name, "acme").await?;
+    fx.revision(&ns, "py-00001", false, &[]).await?;
+    let model: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Revision",
+        "metadata": {"name": "bert-00001", "namespace": ns,
+                     "labels": {"serving.kserve.io/inferenceservice": "bert"},
+                     "annotations": {MIN_SCALE: "2"}},
+        "spec": {"containers": [{"image": "example.invalid/bert:1",
+                                 "resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
+    }))?;
+    fx.revisions(&ns)
+        .create(&kube::api::PostParams::default(), &model)
+        .await?;
+    fx.org("acme", json!({})).await?;
+    fx.wait_state(&name, OrgState::Active, WAIT).await?;
+    let before = fx.get_org(&name).await?.status.unwrap_or_default();
+    ensure!(
+        before.savings.is_none(),
+        "never dormant: {:?}",
+        before.savings
+    );
+
+    // Asleep (as `kubectl s2z sleep` does it): the floor is 1 + 2 pods, 2 GPUs.
+    let sleep = json!({"metadata": {"annotations": {"s2z.dev/sleep-requested-at": controller_support::stamp(chrono::Utc::now())}}});
+    fx.orgs_api()
+        .patch(&name, &Default::default(), &kube::api::Patch::Merge(sleep))
+        .await?;
+    let dormant = fx.wait_state(&name, OrgState::Dormant, WAIT).await?;
+    let ledger = dormant.status.and_then(|s| s.savings).unwrap_or_default();
+    ensure!(
+        (ledger.floor_pods, ledger.floor_gpus, ledger.pod_seconds) == (3, 2, 0),
+        "{ledger:?}"
+    );
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (code, body) = webhook.activity(&name, Some(&token), "").await?;
+    ensure!(code == 202, "{code} {body}");
+    let woken = fx.wait_state(&name, OrgState::Active, WAIT).await?;
+    let ledger = woken.status.and_then(|s| s.savings).unwrap_or_default();
+    let secs = ledger.pod_seconds / 3;
+    ensure!(
+        (3..=30).contains(&secs)
+            && ledger.pod_seconds == 3 * secs
+            && ledger.gpu_seconds == 2 * secs,
+        "{ledger:?}"
+    );
+
+    // What the plugin shows: the stored totals, in the table and the JSON.
+    let plugin = s2z_tests::plane::repo_root().join("target/debug");
+    let out = s2z_tests::kubectl(
+        &fx.env.plane,
+        &[&plugin],
+        &["s2z", "-n", &fx.sys, "status", &name],
+    )?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{table}");
+    ensure!(
+        table.contains("SAVED") && table.contains(" GPU-s"),
+        "{table}"
+    );
+    let out = s2z_tests::kubectl(
+        &fx.env.plane,
+        &[&plugin],
+        &["s2z", "-n", &fx.sys, "status", &name, "-o", "json"],
+    )?;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(
+        report["orgs"][0]["savings"]["gpuSeconds"] == json!(ledger.gpu_seconds)
+            && report["totals"]["savedGpuSeconds"] == json!(ledger.gpu_seconds),
+        "{report}"
+    );
+    fx.cleanup().await
+}
+
 /// Waits until the webhook's schedule metrics show `states` (orgs by state) and `due` (active
 /// orgs due within a horizon), and prints them.
 async fn schedule_is(

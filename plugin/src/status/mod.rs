@@ -32,6 +32,8 @@ Columns:
   DORMANT         'in <age>' for an active org, 'since <age>' for a dormant one
   PYNODES/MODELS  warm/total revisions; warm ones are kept at min-scale >= 1
   PODS, GPUS      running pods of the org's revisions and the nvidia.com/gpu they hold
+  SAVED           GPU-hours (pod-hours without GPUs) not held while the org was dormant:
+                  its warm floor times the time dormant (status.savings)
 
 Below the table, revisions waiting for pods: warm revisions of active or exempt orgs
 with fewer Ready pods than their min-scale, e.g. just after a wake.

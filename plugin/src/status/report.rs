@@ -9,6 +9,7 @@ use s2z_core::annotations::is_scaled_to_zero;
 use s2z_core::dormancy::{StateInput, due_at, format_time, org_state};
 use s2z_core::labels::{REVISION_LABEL, ROUTING_STATE_LABEL};
 use s2z_core::org::{Org, OrgState};
+use s2z_core::savings::saved_until;
 use s2z_core::settings::Settings;
 use s2z_core::warm::min_scale;
 use s2z_core::workload::{WorkloadKind, kind_of};
@@ -55,7 +56,13 @@ use crate::output::{API_VERSION, Cell, Style, age_between, exact_duration, paint
 ///     kind: model                         # pynode | model
 ///     ready: 1
 ///     minScale: 3
-/// totals: {orgs: 1, active: 1, dormant: 0, exempt: 0, runningPods: 4, gpus: 2, waitingForPods: 1}
+///   savings:                              # null before the org's first dormant period
+///     podSeconds: 7200                    # pods not held while dormant, times seconds
+///     gpuSeconds: 3600
+///     floorPods: 2                        # what the org holds warm while active
+///     floorGpus: 1
+/// totals: {orgs: 1, active: 1, dormant: 0, exempt: 0, runningPods: 4, gpus: 2, waitingForPods: 1,
+///          savedPodSeconds: 7200, savedGpuSeconds: 3600}
 /// warnings: []                            # what could not be read, e.g. Knative missing
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -158,6 +165,25 @@ pub struct OrgReport {
     /// Warm revisions that have fewer Ready pods than their min-scale, by namespace and name.
     #[serde(default)]
     pub waiting_for_pods: Vec<WaitingRevision>,
+    /// What scale to zero has saved the org, from its status ledger; `null` before its first
+    /// dormant period.
+    #[serde(default)]
+    pub savings: Option<SavingsReport>,
+}
+
+/// An org's savings ledger as of `generatedAt`: the completed dormant periods plus the one
+/// running.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SavingsReport {
+    /// Pod-seconds not held.
+    pub pod_seconds: u64,
+    /// GPU-seconds not held.
+    pub gpu_seconds: u64,
+    /// Pods the org holds warm while active, as of its last flip to Dormant.
+    pub floor_pods: u32,
+    /// GPUs those pods request.
+    pub floor_gpus: u32,
 }
 
 /// A revision that should be warm and is not yet: after a wake, until Knative has started its
@@ -196,6 +222,12 @@ pub struct Totals {
     /// Revisions waiting for pods.
     #[serde(default)]
     pub waiting_for_pods: u32,
+    /// Pod-seconds saved over every org.
+    #[serde(default)]
+    pub saved_pod_seconds: u64,
+    /// GPU-seconds saved over every org.
+    #[serde(default)]
+    pub saved_gpu_seconds: u64,
 }
 
 /// Which orgs to show, by state.
@@ -287,6 +319,20 @@ pub fn build(
         }
         tally.waiting.sort();
         let status = org.status.as_ref();
+        let savings = status.and_then(|s| s.savings).map(|ledger| {
+            // The running period counts from when the controller reported the org dormant.
+            let since = (status.and_then(|s| s.state) == Some(OrgState::Dormant))
+                .then(|| status.and_then(|s| s.state_since.as_deref()))
+                .flatten()
+                .and_then(|t| s2z_core::dormancy::parse_time(t).ok());
+            let (pod_seconds, gpu_seconds) = saved_until(&ledger, since, now);
+            SavingsReport {
+                pod_seconds,
+                gpu_seconds,
+                floor_pods: ledger.floor_pods,
+                floor_gpus: ledger.floor_gpus,
+            }
+        });
         let report = OrgReport {
             allowed: org.spec.scale_to_zero_allowed,
             state,
@@ -305,6 +351,7 @@ pub fn build(
             running_pods: tally.pods,
             gpus: tally.gpus,
             waiting_for_pods: tally.waiting,
+            savings,
             name,
         };
         totals.orgs += 1;
@@ -316,6 +363,10 @@ pub fn build(
         totals.running_pods += report.running_pods;
         totals.gpus += report.gpus;
         totals.waiting_for_pods += report.waiting_for_pods.len() as u32;
+        if let Some(saved) = report.savings {
+            totals.saved_pod_seconds += saved.pod_seconds;
+            totals.saved_gpu_seconds += saved.gpu_seconds;
+        }
         orgs.push(report);
     }
     StatusReport {
@@ -418,6 +469,7 @@ pub fn render_table(report: &StatusReport, wide: bool, color: bool) -> String {
         "models",
         "pods",
         "gpus",
+        "saved",
     ];
     if wide {
         headers.extend(["period", "reported", "namespaces"]);
@@ -449,6 +501,7 @@ pub fn render_table(report: &StatusReport, wide: bool, color: bool) -> String {
                 Cell::plain(format!("{}/{}", org.models.warm, org.models.total)),
                 Cell::plain(org.running_pods.to_string()),
                 Cell::plain(org.gpus.to_string()),
+                Cell::plain(saved(org.savings)),
             ];
             if wide {
                 row.push(Cell::plain(exact_duration(Duration::from_secs(
@@ -470,13 +523,15 @@ pub fn render_table(report: &StatusReport, wide: bool, color: bool) -> String {
     let mut text = table(&headers, rows, color);
     let t = &report.totals;
     text.push_str(&format!(
-        "\n{}: {} active, {} dormant, {} exempt; {}, {} held\n",
+        "\n{}: {} active, {} dormant, {} exempt; {}, {} held; saved {}, {}\n",
         plural(t.orgs as usize, "org", "orgs"),
         t.active,
         t.dormant,
         t.exempt,
         plural(t.running_pods as usize, "running pod", "running pods"),
         plural(t.gpus as usize, "GPU", "GPUs"),
+        amount(t.saved_gpu_seconds, "GPU"),
+        amount(t.saved_pod_seconds, "pod"),
     ));
     if pending {
         text.push_str(&paint(
@@ -487,6 +542,25 @@ pub fn render_table(report: &StatusReport, wide: bool, color: bool) -> String {
     }
     text.push_str(&render_waiting(report, color));
     text
+}
+
+/// Resource-seconds in the largest fitting unit: `45 GPU-s`, `2.5 GPU-min`, `12.0 GPU-h`.
+fn amount(seconds: u64, what: &str) -> String {
+    match seconds {
+        0..60 => format!("{seconds} {what}-s"),
+        60..3600 => format!("{:.1} {what}-min", seconds as f64 / 60.0),
+        _ => format!("{:.1} {what}-h", seconds as f64 / 3600.0),
+    }
+}
+
+/// The SAVED cell: GPU time, or pod time for an org without GPUs, or `-` before the org's first
+/// dormant period.
+fn saved(savings: Option<SavingsReport>) -> String {
+    match savings {
+        None => "-".into(),
+        Some(s) if s.floor_gpus > 0 || s.gpu_seconds > 0 => amount(s.gpu_seconds, "GPU"),
+        Some(s) => amount(s.pod_seconds, "pod"),
+    }
 }
 
 /// At most this many waiting revisions are listed under the table; `-o json` has them all.

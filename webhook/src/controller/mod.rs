@@ -14,6 +14,7 @@ pub mod leader;
 pub mod metrics;
 pub mod plan;
 pub mod reconcile;
+pub mod savings;
 pub mod schedule;
 pub mod settings;
 pub mod status;

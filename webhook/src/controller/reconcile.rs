@@ -121,7 +121,7 @@ async fn reconcile_org(org: &Org, ctx: &Context) -> Result<Action, Error> {
     );
 
     let old = org.status.as_ref();
-    let next = next_status(
+    let mut next = next_status(
         old,
         &Observation {
             state,
@@ -132,6 +132,7 @@ async fn reconcile_org(org: &Org, ctx: &Context) -> Result<Action, Error> {
             now,
         },
     );
+    next.savings = super::savings::ledger(ctx, old, &next, &revisions, now).await;
     let request = pending_request(org, ctx);
     let changed = old != Some(&next);
     if changed || request.is_some() {

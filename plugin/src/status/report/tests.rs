@@ -94,6 +94,13 @@ fn inventory() -> Inventory {
     sleepy.metadata.annotations = Some(map(&[(SLEEP_ANNOTATION, "2025-01-31T11:00:00Z")]));
     if let Some(s) = sleepy.status.as_mut() {
         s.state_since = Some("2025-01-31T11:00:05Z".into());
+        // One earlier dormant hour with 1 GPU, and the current period running.
+        s.savings = Some(s2z_core::org::Savings {
+            floor_pods: 2,
+            floor_gpus: 1,
+            pod_seconds: 7200,
+            gpu_seconds: 3600,
+        });
     }
     Inventory {
         orgs: vec![
@@ -230,6 +237,8 @@ fn states_follow_the_rule_at_now() {
             running_pods: 7,
             gpus: 10,
             waiting_for_pods: 2,
+            saved_pod_seconds: 7200 + 2 * 3595,
+            saved_gpu_seconds: 3600 + 3595,
         }
     );
 }
@@ -256,6 +265,32 @@ fn waiting_lists_warm_revisions_short_of_ready_pods() {
     assert_eq!(report.orgs[0].waiting_for_pods[0].kind, "model");
     let text = render_table(&report, false, false);
     assert!(text.contains("2 revisions waiting for pods"), "{text}");
+}
+
+#[test]
+fn savings_add_the_running_dormant_period() {
+    let report = report();
+    let globex = &report.orgs[2];
+    // Dormant since 11:00:05 (reported), now 12:00:00: 3595 s more at the floor.
+    assert_eq!(
+        globex.savings,
+        Some(SavingsReport {
+            pod_seconds: 7200 + 2 * 3595,
+            gpu_seconds: 3600 + 3595,
+            floor_pods: 2,
+            floor_gpus: 1,
+        })
+    );
+    assert_eq!(report.orgs[0].savings, None, "never dormant: no ledger");
+    let text = render_table(&report, false, false);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("globex") && l.trim_end().ends_with("2.0 GPU-h")),
+        "{text}"
+    );
+    assert!(text.contains("saved 2.0 GPU-h, 4.0 pod-h"), "{text}");
+    assert_eq!(amount(59, "GPU"), "59 GPU-s");
+    assert_eq!(amount(90, "pod"), "1.5 pod-min");
 }
 
 #[test]
@@ -346,6 +381,7 @@ fn json_schema() -> Result<(), serde_json::Error> {
       },
       "reportedState": "Active",
       "runningPods": 4,
+      "savings": null,
       "sleepRequestedAt": null,
       "state": "Active",
       "waitingForPods": [
