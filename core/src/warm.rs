@@ -14,6 +14,8 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
+
 use crate::labels::{MIN_SCALE_KEYS, first_present};
 
 /// What s2z reads of a revision's PodAutoscaler.
@@ -55,6 +57,28 @@ pub fn warm_up_replicas(pa: &AutoscalerView, min_scale: u32) -> Option<i32> {
     i32::try_from(min_scale).ok()
 }
 
+/// Whether a woken revision is warm: Knative counts at least `floor` Ready pods, or no route
+/// sends it traffic (Knative keeps it at zero whatever its min-scale).
+pub fn is_warm(pa: &AutoscalerView, floor: u32) -> bool {
+    pa.reachability.as_deref() == Some("Unreachable")
+        || pa.actual_scale.is_some_and(|a| a >= i64::from(floor))
+}
+
+/// When a wake started, for the wake-to-ready time: the activity that woke the org when it is
+/// newer than the org's dormancy (`dormant_since`), else `now` (a wake by settings or by a
+/// cancelled sleep request has no activity to count from).
+pub fn wake_started(
+    last_activity: Option<DateTime<Utc>>,
+    dormant_since: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    match (last_activity, dormant_since) {
+        (Some(activity), Some(since)) if activity > since && activity <= now => activity,
+        (Some(activity), None) if activity <= now => activity,
+        _ => now,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,6 +91,34 @@ mod tests {
             actual_scale: actual,
             reachability: reach.map(str::to_string),
         }
+    }
+
+    #[test]
+    fn warm_means_enough_ready_pods_or_unreachable() {
+        assert!(is_warm(&pa(Some(2), Some(2), None), 2));
+        assert!(!is_warm(&pa(Some(2), Some(1), None), 2));
+        assert!(!is_warm(&pa(Some(-1), None, None), 1));
+        assert!(is_warm(&pa(Some(0), Some(0), Some("Unreachable")), 3));
+    }
+
+    #[test]
+    fn a_wake_counts_from_the_activity_that_caused_it() {
+        use crate::testing::t;
+        let now = t("2025-01-31T12:00:10Z");
+        let since = t("2025-01-31T11:00:00Z");
+        let activity = t("2025-01-31T12:00:08Z");
+        assert_eq!(wake_started(Some(activity), Some(since), now), activity);
+        // Activity older than the dormancy did not wake it.
+        assert_eq!(
+            wake_started(Some(t("2025-01-31T10:00:00Z")), Some(since), now),
+            now
+        );
+        // A clock ahead of ours is not trusted.
+        assert_eq!(
+            wake_started(Some(t("2025-01-31T12:01:00Z")), Some(since), now),
+            now
+        );
+        assert_eq!(wake_started(None, Some(since), now), now);
     }
 
     #[test]

@@ -514,6 +514,29 @@ async fn waking_restores_the_declared_scale_in_place_and_warms_the_org() -> Resu
     eprintln!("after the wake: {name} {warm:?}");
     let waiting = waiting_for_pods(&s2z)?;
     ensure!(waiting.is_empty(), "warm, yet status lists {waiting:?}");
+    // The controller saw it too: one wake followed to ready, timed from the activity.
+    eventually("the wake-to-ready metric", WAIT, || async {
+        let ready = s2z
+            .webhook
+            .metric(
+                "s2z_webhook_controller_wakes_total",
+                &[("outcome", "ready")],
+            )
+            .await?;
+        Ok((ready == 1).then_some(()))
+    })
+    .await?;
+    let (_, text) = s2z.webhook.get("/metrics").await?;
+    let took = text
+        .lines()
+        .find_map(|l| l.strip_prefix("s2z_webhook_controller_wake_to_ready_seconds_sum "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .context("no wake_to_ready_seconds_sum")?;
+    eprintln!("wake to ready, as the controller measured it: {took:.3}s");
+    ensure!(
+        took > 0.0 && took < WAIT.as_secs_f64(),
+        "wake to ready {took}s"
+    );
     let reasons = s2z.fx.org_reasons(&s2z.org).await?;
     ensure!(reasons.iter().any(|r| r == "Warming"), "{reasons:?}");
     let after = revision_names(s2z.client(), &s2z.ns).await?;

@@ -52,6 +52,7 @@ fn exported() -> String {
     controller.status_written("changed");
     controller.flipped(Some(OrgState::Dormant), OrgState::Active, None);
     controller.event("OrgActive");
+    controller.woke(Some(std::time::Duration::from_secs(3)));
     let activity = ActivityMetrics::register(&mut registry);
     activity.request(202);
     activity.signal("immediate");

@@ -23,6 +23,8 @@ pub struct ControllerMetrics {
     status_writes: Family<Labels, Counter>,
     flips: Family<Labels2, Counter>,
     flip_lag: Histogram,
+    wake_to_ready: Histogram,
+    wakes: Family<Labels, Counter>,
     events: Family<Labels, Counter>,
     settings_invalid: Counter,
     settings_valid: Gauge,
@@ -41,6 +43,9 @@ impl ControllerMetrics {
             flips: Family::default(),
             // 1ms .. ~65s
             flip_lag: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            // 0.25s .. ~17min
+            wake_to_ready: Histogram::new(exponential_buckets(0.25, 2.0, 13)),
+            wakes: Family::default(),
             events: Family::default(),
             settings_invalid: Counter::default(),
             settings_valid: Gauge::default(),
@@ -80,6 +85,16 @@ impl ControllerMetrics {
             "controller_flip_lag_seconds",
             "Delay between an org's due time and its flip to Dormant",
             metrics.flip_lag.clone(),
+        );
+        registry.register(
+            "controller_wake_to_ready_seconds",
+            "From the activity that woke an org to every warm revision counting its Ready pods",
+            metrics.wake_to_ready.clone(),
+        );
+        registry.register(
+            "controller_wakes",
+            "Wakes followed to the end, by outcome: ready, or not_ready after 10 minutes",
+            metrics.wakes.clone(),
         );
         registry.register(
             "controller_events",
@@ -135,6 +150,19 @@ impl ControllerMetrics {
             .inc();
         if let Some(lag) = lag {
             self.flip_lag.observe(lag.as_secs_f64());
+        }
+    }
+
+    /// Records the end of a followed wake: the time to ready, or `None` when it never got there.
+    pub fn woke(&self, ready_after: Option<Duration>) {
+        let outcome = if ready_after.is_some() {
+            "ready"
+        } else {
+            "not_ready"
+        };
+        self.wakes.get_or_create(&[("outcome", outcome)]).inc();
+        if let Some(took) = ready_after {
+            self.wake_to_ready.observe(took.as_secs_f64());
         }
     }
 

@@ -13,6 +13,7 @@ pub mod index;
 pub mod leader;
 pub mod metrics;
 pub mod plan;
+pub mod ready;
 pub mod reconcile;
 pub mod savings;
 pub mod schedule;

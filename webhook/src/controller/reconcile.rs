@@ -214,6 +214,7 @@ async fn warm_if_woken(org: &Org, ctx: &Context, state: OrgState) -> Result<(), 
         return Ok(());
     }
     super::warm::warm_org(org, ctx).await?;
+    super::ready::follow(org, ctx);
     ctx.warming
         .lock()
         .unwrap_or_else(|e| e.into_inner())

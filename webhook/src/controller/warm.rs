@@ -26,7 +26,8 @@ struct Raised {
     result: Result<(), kube::Error>,
 }
 
-fn view(pa: &DynamicObject) -> AutoscalerView {
+/// What s2z reads of a PodAutoscaler.
+pub fn view(pa: &DynamicObject) -> AutoscalerView {
     let status = pa.data.get("status");
     AutoscalerView {
         desired_scale: status.and_then(|s| s.get("desiredScale")?.as_i64()),
