@@ -240,7 +240,7 @@ impl Error {
                 Some("refresh your credentials (`kubectl auth whoami` shows who you are)".into())
             }
             Error::NotInstalled { .. } => Some(
-                "install s2z with `kubectl apply -k manifests/`, or check --context and -n/--namespace"
+                "install s2z (`kubectl apply -k manifests/overlays/cert-manager` or `helm install s2z charts/s2z`, from the s2z repository), or check --context and -n/--namespace"
                     .into(),
             ),
             Error::Forbidden(forbidden) => Some(forbidden.hint()),
