@@ -64,6 +64,27 @@ pub fn is_warm(pa: &AutoscalerView, floor: u32) -> bool {
         || pa.actual_scale.is_some_and(|a| a >= i64::from(floor))
 }
 
+/// How far back a new leader looks for wakes its predecessor may not have finished warming.
+pub const RECENT_WAKE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Whether an org a new leader sees for the first time may have been woken by the previous
+/// leader without being warmed: it has been dormant before (`ever_dormant`: its status has a
+/// savings ledger), and is active or exempt since less than [`RECENT_WAKE`]. Warming it again is
+/// harmless: only revisions with no autoscaler data and too few pods are touched.
+pub fn maybe_unwarmed(
+    ever_dormant: bool,
+    state: Option<crate::org::OrgState>,
+    state_since: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> bool {
+    use crate::org::OrgState;
+    ever_dormant
+        && matches!(state, Some(OrgState::Active | OrgState::Exempt))
+        && state_since.is_some_and(|since| {
+            since <= now && (now - since).to_std().is_ok_and(|age| age < RECENT_WAKE)
+        })
+}
+
 /// When a wake started, for the wake-to-ready time: the activity that woke the org when it is
 /// newer than the org's dormancy (`dormant_since`), else `now` (a wake by settings or by a
 /// cancelled sleep request has no activity to count from).
@@ -99,6 +120,23 @@ mod tests {
         assert!(!is_warm(&pa(Some(2), Some(1), None), 2));
         assert!(!is_warm(&pa(Some(-1), None, None), 1));
         assert!(is_warm(&pa(Some(0), Some(0), Some("Unreachable")), 3));
+    }
+
+    #[test]
+    fn a_new_leader_rewarms_only_recent_wakes() {
+        use crate::org::OrgState;
+        use crate::testing::t;
+        let now = t("2025-01-31T12:00:00Z");
+        let recent = Some(t("2025-01-31T11:55:00Z"));
+        let old = Some(t("2025-01-31T11:00:00Z"));
+        assert!(maybe_unwarmed(true, Some(OrgState::Active), recent, now));
+        assert!(maybe_unwarmed(true, Some(OrgState::Exempt), recent, now));
+        assert!(!maybe_unwarmed(true, Some(OrgState::Dormant), recent, now));
+        assert!(!maybe_unwarmed(true, Some(OrgState::Active), old, now));
+        assert!(!maybe_unwarmed(true, Some(OrgState::Active), None, now));
+        assert!(!maybe_unwarmed(true, None, recent, now));
+        // A new org, never dormant, has nothing to warm back.
+        assert!(!maybe_unwarmed(false, Some(OrgState::Active), recent, now));
     }
 
     #[test]

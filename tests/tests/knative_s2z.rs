@@ -563,6 +563,66 @@ async fn waking_restores_the_declared_scale_in_place_and_warms_the_org() -> Resu
     s2z.cleanup().await
 }
 
+/// A leader that dies between a wake and its warm-up: the previous leader flipped the org
+/// Active and restored the revision's min-scale (done here by hand, as it would have), but never
+/// scaled the revision born at zero. The next leader's first look at the recently woken org
+/// warms it.
+#[tokio::test]
+async fn a_new_leader_warms_an_org_its_predecessor_woke() -> Result<()> {
+    let mut s2z = S2z::start("kn-s2z-rewarm").await?;
+    s2z.deploy_warm().await?;
+    s2z.sleep().await?;
+    s2z.redeploy().await?;
+    let name = format!("{MODEL}-00002");
+    let born = s2z_tests::scale::observe(s2z.client(), &s2z.ns, &name).await?;
+    ensure!(born.is_zero() && born.desired == Some(-1), "{born:?}");
+
+    // The old leader goes away, having done the wake's writes but not its warm-up.
+    let status = s2z.webhook.terminate(Duration::from_secs(40)).await?;
+    ensure!(status.success(), "webhook exit {status}");
+    let now = stamp(Utc::now());
+    s2z.fx
+        .orgs_api()
+        .patch_status(
+            &s2z.org,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"status": {"state": "Active", "stateSince": now, "lastActivityAt": now}}),
+            ),
+        )
+        .await
+        .context("failed to write the woken status")?;
+    api(s2z.client(), &s2z.ns, "Revision")
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {MIN_SCALE: DECLARED.to_string(), INITIAL_SCALE: null}}})),
+        )
+        .await
+        .context("failed to restore the revision's min-scale")?;
+    // Knative alone does not start it: its autoscaler has no data (docs/knative-notes.md).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cold = s2z_tests::scale::observe(s2z.client(), &s2z.ns, &name).await?;
+    ensure!(cold.ready() == 0, "warm without s2z: {cold:?}");
+
+    // A new leader.
+    let webhook = s2z.fx.webhook(&[]).await?;
+    let warm = eventually(
+        &format!("{name} warm under the new leader"),
+        WAIT,
+        || async {
+            let s = s2z_tests::scale::observe(s2z.client(), &s2z.ns, &name).await?;
+            Ok((s.ready() == DECLARED as usize).then_some(s))
+        },
+    )
+    .await?;
+    eprintln!("warmed by the new leader: {name} {warm:?}");
+    let reasons = s2z.fx.org_reasons(&s2z.org).await?;
+    ensure!(reasons.iter().any(|r| r == "Warming"), "{reasons:?}");
+    drop(webhook);
+    s2z.cleanup().await
+}
+
 /// Wake-on-traffic on the real activator: a request for a dormant org's Revision born at zero
 /// (its autoscaler has no data: desiredScale -1) is buffered by the activator, which makes the
 /// autoscaler ask for a pod; s2z sees that rise and wakes the org, and the request is answered.

@@ -134,6 +134,9 @@ pub struct Context {
     pub traffic: Option<traffic::Detector>,
     /// Orgs woken whose revisions still have to be warmed (kept until that succeeds).
     pub warming: Mutex<std::collections::HashSet<String>>,
+    /// Orgs reconciled in this leadership term: the first look at a recently woken org warms
+    /// it again, in case the previous leader died between the wake and the warm-up.
+    pub looked: Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -248,6 +251,7 @@ async fn run_term(parts: Parts) {
             .filter(|_| options.wake_on_traffic)
             .map(traffic::Detector::new),
         warming: Mutex::default(),
+        looked: Mutex::default(),
     });
 
     let org_config = match &options.org_selector {

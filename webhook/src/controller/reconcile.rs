@@ -15,6 +15,7 @@ use kube::{Resource, ResourceExt};
 use s2z_core::dormancy::{StateInput, due_at, org_state, parse_time};
 use s2z_core::labels::RECONCILE_ANNOTATION;
 use s2z_core::org::{Org, OrgState, OrgStatus};
+use s2z_core::warm::maybe_unwarmed;
 
 use super::plan::{Change, Workload, plan, requeue_after};
 use super::status::{Observation, evaluated_patch, flip, next_status, status_patch};
@@ -200,11 +201,31 @@ async fn reconcile_org(org: &Org, ctx: &Context) -> Result<Action, Error> {
 
 /// Warms a woken org's revisions once its restored annotations are written (see
 /// [`super::warm`]); a failure keeps the org marked, so the retried reconcile tries again. An org
-/// that is dormant again is not warmed.
+/// that is dormant again is not warmed. A new leader also warms the orgs woken in the last
+/// [`s2z_core::warm::RECENT_WAKE`] on its first look at them, since the mark lived in the
+/// previous leader's memory.
 async fn warm_if_woken(org: &Org, ctx: &Context, state: OrgState) -> Result<(), Error> {
     let name = org.name_any();
+    let first_look = ctx
+        .looked
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(name.clone());
     let pending = {
         let mut warming = ctx.warming.lock().unwrap_or_else(|e| e.into_inner());
+        let status = org.status.as_ref();
+        if first_look
+            && maybe_unwarmed(
+                status.is_some_and(|s| s.savings.is_some()),
+                status.and_then(|s| s.state),
+                status
+                    .and_then(|s| s.state_since.as_deref())
+                    .and_then(|t| parse_time(t).ok()),
+                Utc::now(),
+            )
+        {
+            warming.insert(name.clone());
+        }
         if state == OrgState::Dormant {
             warming.remove(&name);
         }
@@ -214,7 +235,10 @@ async fn warm_if_woken(org: &Org, ctx: &Context, state: OrgState) -> Result<(), 
         return Ok(());
     }
     super::warm::warm_org(org, ctx).await?;
-    super::ready::follow(org, ctx);
+    // Only a wake seen in this term is timed: the org as read still says Dormant.
+    if org.status.as_ref().and_then(|s| s.state) == Some(OrgState::Dormant) {
+        super::ready::follow(org, ctx);
+    }
     ctx.warming
         .lock()
         .unwrap_or_else(|e| e.into_inner())
