@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
+use k8s_openapi::api::core::v1::ResourceRequirements;
+
 use crate::annotations::declared;
+use crate::defrag::gpu_count;
 use crate::labels::ROUTING_STATE_LABEL;
 use crate::org::Savings;
 use crate::warm::min_scale;
@@ -24,34 +27,24 @@ pub fn revision_floor(
     min_scale(&declared).max(1)
 }
 
-/// `nvidia.com/gpu` one pod of a Revision holds, from its `spec`: each container's limit (else
-/// request), summed; the scheduler's rule for init containers does not apply to Knative, which
-/// runs none of its own.
+/// GPUs one pod of a Revision holds, from its `spec`: each container's GPU limit, else its
+/// request, counted as the defrag counts them ([`gpu_count`]: every vendor's GPU resource).
 pub fn gpus_per_pod(spec: &serde_json::Value) -> u32 {
-    let quantity = |v: &serde_json::Value| match v {
-        serde_json::Value::Number(n) => n.as_u64().unwrap_or(0),
-        serde_json::Value::String(s) => s.trim().parse().unwrap_or(0),
-        _ => 0,
-    };
-    let total: u64 = spec["containers"]
+    spec["containers"]
         .as_array()
         .into_iter()
         .flatten()
-        .map(|c| {
-            let resources = &c["resources"];
-            let limit = quantity(&resources["limits"][GPU_RESOURCE]);
+        .filter_map(|c| serde_json::from_value::<ResourceRequirements>(c["resources"].clone()).ok())
+        .map(|r| {
+            let limit = gpu_count(&r.limits.unwrap_or_default());
             if limit > 0 {
                 limit
             } else {
-                quantity(&resources["requests"][GPU_RESOURCE])
+                gpu_count(&r.requests.unwrap_or_default())
             }
         })
-        .sum();
-    u32::try_from(total).unwrap_or(u32::MAX)
+        .fold(0, u32::saturating_add)
 }
-
-/// The extended resource counted as GPUs.
-pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 
 /// Whole seconds from `since` to `now`, 0 when `now` is earlier.
 fn seconds(since: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
@@ -72,20 +65,6 @@ pub fn close_period(ledger: &Savings, since: DateTime<Utc>, now: DateTime<Utc>) 
             .saturating_add(u64::from(ledger.floor_gpus).saturating_mul(secs)),
         ..*ledger
     }
-}
-
-/// The totals as of `now`: the completed periods plus, for an org dormant since `dormant_since`,
-/// the period still running. `(pod_seconds, gpu_seconds)`.
-pub fn saved_until(
-    ledger: &Savings,
-    dormant_since: Option<DateTime<Utc>>,
-    now: DateTime<Utc>,
-) -> (u64, u64) {
-    let ledger = match dormant_since {
-        Some(since) => close_period(ledger, since, now),
-        None => *ledger,
-    };
-    (ledger.pod_seconds, ledger.gpu_seconds)
 }
 
 #[cfg(test)]
@@ -120,6 +99,7 @@ mod tests {
             {"resources": {"limits": {"nvidia.com/gpu": "2"}}},
             {"resources": {"requests": {"nvidia.com/gpu": 1}}},
             {"resources": {}},
+            {"name": "sidecar"},
         ]});
         assert_eq!(gpus_per_pod(&spec), 3);
         assert_eq!(gpus_per_pod(&serde_json::json!({})), 0);
@@ -150,21 +130,5 @@ mod tests {
             t("2025-01-31T10:00:00Z"),
         );
         assert_eq!(back, ledger);
-    }
-
-    #[test]
-    fn saved_until_counts_the_running_period() {
-        let ledger = Savings {
-            floor_pods: 1,
-            floor_gpus: 1,
-            pod_seconds: 100,
-            gpu_seconds: 100,
-        };
-        let now = t("2025-01-31T12:00:00Z");
-        assert_eq!(saved_until(&ledger, None, now), (100, 100));
-        assert_eq!(
-            saved_until(&ledger, Some(t("2025-01-31T11:59:00Z")), now),
-            (160, 160)
-        );
     }
 }

@@ -8,8 +8,8 @@ use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use s2z_core::annotations::is_scaled_to_zero;
 use s2z_core::dormancy::{StateInput, due_at, format_time, org_state};
 use s2z_core::labels::{REVISION_LABEL, ROUTING_STATE_LABEL};
-use s2z_core::org::{Org, OrgState};
-use s2z_core::savings::saved_until;
+use s2z_core::org::{Org, OrgState, Savings};
+use s2z_core::savings::close_period;
 use s2z_core::settings::Settings;
 use s2z_core::warm::min_scale;
 use s2z_core::workload::{WorkloadKind, kind_of};
@@ -165,25 +165,10 @@ pub struct OrgReport {
     /// Warm revisions that have fewer Ready pods than their min-scale, by namespace and name.
     #[serde(default)]
     pub waiting_for_pods: Vec<WaitingRevision>,
-    /// What scale to zero has saved the org, from its status ledger; `null` before its first
-    /// dormant period.
+    /// What scale to zero has saved the org: its status ledger with the dormant period still
+    /// running added; `null` before its first dormant period.
     #[serde(default)]
-    pub savings: Option<SavingsReport>,
-}
-
-/// An org's savings ledger as of `generatedAt`: the completed dormant periods plus the one
-/// running.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SavingsReport {
-    /// Pod-seconds not held.
-    pub pod_seconds: u64,
-    /// GPU-seconds not held.
-    pub gpu_seconds: u64,
-    /// Pods the org holds warm while active, as of its last flip to Dormant.
-    pub floor_pods: u32,
-    /// GPUs those pods request.
-    pub floor_gpus: u32,
+    pub savings: Option<Savings>,
 }
 
 /// A revision that should be warm and is not yet: after a wake, until Knative has started its
@@ -325,13 +310,7 @@ pub fn build(
                 .then(|| status.and_then(|s| s.state_since.as_deref()))
                 .flatten()
                 .and_then(|t| s2z_core::dormancy::parse_time(t).ok());
-            let (pod_seconds, gpu_seconds) = saved_until(&ledger, since, now);
-            SavingsReport {
-                pod_seconds,
-                gpu_seconds,
-                floor_pods: ledger.floor_pods,
-                floor_gpus: ledger.floor_gpus,
-            }
+            since.map_or(ledger, |since| close_period(&ledger, since, now))
         });
         let report = OrgReport {
             allowed: org.spec.scale_to_zero_allowed,
@@ -555,7 +534,7 @@ fn amount(seconds: u64, what: &str) -> String {
 
 /// The SAVED cell: GPU time, or pod time for an org without GPUs, or `-` before the org's first
 /// dormant period.
-fn saved(savings: Option<SavingsReport>) -> String {
+fn saved(savings: Option<Savings>) -> String {
     match savings {
         None => "-".into(),
         Some(s) if s.floor_gpus > 0 || s.gpu_seconds > 0 => amount(s.gpu_seconds, "GPU"),

@@ -149,6 +149,15 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
+    /// The revisions of `org` (metadata), from the indexes.
+    pub fn revisions_of(&self, org: &str) -> Vec<Arc<PartialObjectMeta<DynamicObject>>> {
+        self.namespaces
+            .namespaces_of(org)
+            .iter()
+            .flat_map(|ns| self.revisions.in_namespace(ns))
+            .collect()
+    }
+
     /// Waits until every index has its first complete list, so that no reconcile acts on a
     /// partial view (which would write wrong counts, or miss revisions to patch).
     pub async fn wait_ready(&self) {

@@ -12,7 +12,6 @@ use kube::api::{Api, DynamicObject};
 use kube::{Client, ResourceExt};
 use s2z_core::dormancy::parse_time;
 use s2z_core::org::Org;
-use s2z_core::savings::revision_floor;
 use s2z_core::warm::{is_warm, wake_started};
 
 use super::Context;
@@ -35,21 +34,7 @@ pub fn follow(org: &Org, ctx: &Context) {
         parse(status.and_then(|s| s.state_since.as_deref())),
         Utc::now(),
     );
-    let empty = Default::default();
-    let targets: Vec<(String, String, u32)> = ctx
-        .namespaces
-        .namespaces_of(&name)
-        .iter()
-        .flat_map(|ns| ctx.revisions.in_namespace(ns))
-        .filter_map(|rev| {
-            let meta = &rev.metadata;
-            let floor = revision_floor(
-                meta.labels.as_ref().unwrap_or(&empty),
-                meta.annotations.as_ref().unwrap_or(&empty),
-            );
-            (floor > 0).then(|| Some((meta.namespace.clone()?, meta.name.clone()?, floor)))?
-        })
-        .collect();
+    let targets = super::savings::floors(&ctx.revisions_of(&name));
     if targets.is_empty() {
         return;
     }

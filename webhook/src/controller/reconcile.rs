@@ -77,11 +77,7 @@ async fn reconcile_org(org: &Org, ctx: &Context) -> Result<Action, Error> {
         None
     });
 
-    let namespaces = ctx.namespaces.namespaces_of(&name);
-    let revisions: Vec<_> = namespaces
-        .iter()
-        .flat_map(|ns| ctx.revisions.in_namespace(ns))
-        .collect();
+    let revisions = ctx.revisions_of(&name);
     let autoscalers: Vec<Option<Arc<DynamicObject>>> = revisions
         .iter()
         .map(|rev| match ctx.target {

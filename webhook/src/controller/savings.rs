@@ -48,25 +48,35 @@ pub async fn ledger(
     }
 }
 
+/// The org's routable revisions with the pods each holds while the org is active:
+/// `(namespace, name, pods)`, revisions no route sends traffic to left out.
+pub fn floors(revisions: &[Arc<PartialObjectMeta<DynamicObject>>]) -> Vec<(String, String, u32)> {
+    let empty = Default::default();
+    revisions
+        .iter()
+        .filter_map(|rev| {
+            let meta = &rev.metadata;
+            let pods = revision_floor(
+                meta.labels.as_ref().unwrap_or(&empty),
+                meta.annotations.as_ref().unwrap_or(&empty),
+            );
+            if pods == 0 {
+                return None;
+            }
+            Some((meta.namespace.clone()?, meta.name.clone()?, pods))
+        })
+        .collect()
+}
+
 /// Pods and GPUs the org's routable revisions hold while it is active.
 async fn warm_floor(
     ctx: &Context,
     revisions: &[Arc<PartialObjectMeta<DynamicObject>>],
 ) -> (u32, u32) {
-    let empty = Default::default();
-    let reads = revisions.iter().filter_map(|rev| {
-        let meta = &rev.metadata;
-        let pods = revision_floor(
-            meta.labels.as_ref().unwrap_or(&empty),
-            meta.annotations.as_ref().unwrap_or(&empty),
-        );
-        if pods == 0 {
-            return None;
-        }
-        let (ns, name) = (meta.namespace.clone()?, meta.name.clone()?);
+    let reads = floors(revisions).into_iter().map(|(ns, name, pods)| {
         let api: Api<DynamicObject> =
             Api::namespaced_with(ctx.client.clone(), &ns, &revision_resource());
-        Some(async move {
+        async move {
             // Without the spec the pods still count; their GPUs cannot be known.
             let gpus = match api.get(&name).await {
                 Ok(rev) => gpus_per_pod(&rev.data["spec"]),
@@ -76,7 +86,7 @@ async fn warm_floor(
                 }
             };
             (pods, pods.saturating_mul(gpus))
-        })
+        }
     });
     join_all(reads)
         .await

@@ -46,10 +46,8 @@ pub fn view(pa: &DynamicObject) -> AutoscalerView {
 pub async fn warm_org(org: &Org, ctx: &Context) -> Result<usize, Error> {
     let name = org.name_any();
     let candidates: Vec<(String, String, u32)> = ctx
-        .namespaces
-        .namespaces_of(&name)
+        .revisions_of(&name)
         .iter()
-        .flat_map(|ns| ctx.revisions.in_namespace(ns))
         .filter_map(|rev| {
             let min = min_scale(rev.metadata.annotations.as_ref()?);
             Some((

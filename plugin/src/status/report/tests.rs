@@ -274,7 +274,7 @@ fn savings_add_the_running_dormant_period() {
     // Dormant since 11:00:05 (reported), now 12:00:00: 3595 s more at the floor.
     assert_eq!(
         globex.savings,
-        Some(SavingsReport {
+        Some(s2z_core::org::Savings {
             pod_seconds: 7200 + 2 * 3595,
             gpu_seconds: 3600 + 3595,
             floor_pods: 2,
