@@ -89,6 +89,9 @@ func runStatus() int {
 	if s.Knative {
 		fmt.Printf("knative:     %s (knative.dev/serving %s)\n", s.KnativeRelease, s.KnativeModule)
 	}
+	if s.KServe {
+		fmt.Printf("kserve:      %s (built against knative.dev/serving %s)\n", s.KServeVersion, s.KServeServing)
+	}
 	total := 0
 	healthy := true
 	for _, c := range recordedComponents(dir) {

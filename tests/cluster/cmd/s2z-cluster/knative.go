@@ -39,7 +39,7 @@ var knativeOrder = []string{"knative-webhook", "knative-controller", "knative-po
 
 // allComponents is every component a plane may record, in start order.
 func allComponents() []string {
-	return append(append([]string{}, startOrder...), knativeOrder...)
+	return append(append(append([]string{}, startOrder...), knativeOrder...), kserveOrder...)
 }
 
 // Fixed ports inside s2z-kn-N, as in the pods upstream's Deployments make: the autoscaler's stat
@@ -99,14 +99,17 @@ func knativeRelease(binDir string) (release, module string, err error) {
 
 var yamlSeparator = regexp.MustCompile(`(?m)^---[ \t]*$`)
 
-// withoutKnativeCRDs drops our minimal stand-ins for Knative's CRDs from the fixtures, for a
-// plane that installs upstream's; the other fixtures (KServe's CRD) stay.
-func withoutKnativeCRDs(fixtures []byte) []byte {
+// withoutCRDsOf drops our minimal stand-ins for the CRDs of these API groups from the fixtures,
+// for a plane that installs upstream's (Knative's; with --kserve also KServe's).
+func withoutCRDsOf(fixtures []byte, groups ...string) []byte {
 	var out bytes.Buffer
 	for _, doc := range yamlSeparator.Split(string(fixtures), -1) {
 		crd := strings.Contains(doc, "kind: CustomResourceDefinition")
-		knative := strings.Contains(doc, "group: serving.knative.dev") || strings.Contains(doc, "group: autoscaling.internal.knative.dev")
-		if strings.TrimSpace(doc) == "" || (crd && knative) {
+		upstream := false
+		for _, g := range groups {
+			upstream = upstream || strings.Contains(doc, "group: "+g+"\n")
+		}
+		if strings.TrimSpace(doc) == "" || (crd && upstream) {
 			continue
 		}
 		out.WriteString("---\n")

@@ -193,17 +193,27 @@ func (w webhookNetns) remove() {
 	}
 }
 
-// removeWebhookNetns removes the namespace recorded under stateDir, if any.
-func removeWebhookNetns(stateDir string) {
+// readWebhookNetns is the namespace recorded under stateDir by createWebhookNetns.
+func readWebhookNetns(stateDir string) (webhookNetns, error) {
 	b, err := os.ReadFile(netnsRecord(stateDir))
 	if err != nil {
-		return
+		return webhookNetns{}, fmt.Errorf("no webhook network namespace recorded: %w", err)
 	}
 	m := netnsName.FindStringSubmatch(strings.TrimSpace(string(b)))
-	if m != nil {
-		if n, err := strconv.Atoi(m[1]); err == nil && n < 256 {
-			webhookNetns{index: n}.remove()
-		}
+	if m == nil {
+		return webhookNetns{}, fmt.Errorf("unexpected content in %s: %q", netnsRecord(stateDir), b)
+	}
+	n, err := strconv.Atoi(m[1])
+	if err != nil || n >= 256 {
+		return webhookNetns{}, fmt.Errorf("unexpected content in %s: %q", netnsRecord(stateDir), b)
+	}
+	return webhookNetns{index: n}, nil
+}
+
+// removeWebhookNetns removes the namespace recorded under stateDir, if any.
+func removeWebhookNetns(stateDir string) {
+	if w, err := readWebhookNetns(stateDir); err == nil {
+		w.remove()
 	}
 	_ = os.Remove(netnsRecord(stateDir))
 }

@@ -27,6 +27,10 @@ type State struct {
 	Knative              bool           `json:"knative"`
 	KnativeRelease       string         `json:"knativeRelease,omitempty"`
 	KnativeModule        string         `json:"knativeModule,omitempty"`
+	// KServe is set by `up --kserve`: KServe's controller manager runs too (kserve.go).
+	KServe        bool   `json:"kserve,omitempty"`
+	KServeVersion string `json:"kserveVersion,omitempty"`
+	KServeServing string `json:"kserveServing,omitempty"`
 	// ActivatorURL is where Knative's activator takes requests (with the Knative-Serving-Namespace
 	// and Knative-Serving-Revision headers an ingress would set), reachable from the host.
 	ActivatorURL string  `json:"activatorURL,omitempty"`

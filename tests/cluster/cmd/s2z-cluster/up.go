@@ -47,6 +47,10 @@ type upOptions struct {
 	knativeBinDir    string
 	knativeRelease   string // filled from <knativeBinDir>/knative-version
 	knativeModule    string
+	kserve           bool
+	kserveBinDir     string
+	kserveVersion    string // filled from <kserveBinDir>/kserve-version
+	kserveServing    string
 }
 
 func defaultStateDir() string {
@@ -69,11 +73,20 @@ func runUp() int {
 	fs.DurationVar(&o.timeout, "timeout", 90*time.Second, "how long to wait for Ready (default 180s with --knative)")
 	fs.BoolVar(&o.knative, "knative", false, "also run the real Knative Serving webhook, controller and autoscaler (built by tests/knative/build) with upstream's CRDs and ConfigMaps")
 	fs.StringVar(&o.knativeBinDir, "knative-bin-dir", defaultKnativeBinDir(), "where tests/knative/build put the Knative binaries and config")
+	fs.BoolVar(&o.kserve, "kserve", false, "also run KServe's controller manager and webhooks (built by tests/kserve/build) with upstream's CRDs and inferenceservice-config; implies --knative")
+	fs.StringVar(&o.kserveBinDir, "kserve-bin-dir", defaultKServeBinDir(), "where tests/kserve/build put the KServe manager and config")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
 	}
 	timeoutSet := false
 	fs.Visit(func(f *flag.Flag) { timeoutSet = timeoutSet || f.Name == "timeout" })
+	if o.kserve {
+		o.knative = true
+		if o.kserveVersion, o.kserveServing, err = kserveVersion(o.kserveBinDir); err != nil {
+			fmt.Fprintf(os.Stderr, "up: --kserve: %v\n", err)
+			return 1
+		}
+	}
 	if o.knative {
 		if !timeoutSet {
 			o.timeout = 180 * time.Second
@@ -95,8 +108,8 @@ func runUp() int {
 	o.stateDir = abs
 
 	if s, err := readState(o.stateDir); err == nil && planeHealthy(o.stateDir, s) {
-		if s.Knative != o.knative {
-			fmt.Fprintf(os.Stderr, "up: a plane with knative=%t is already running under %s; stop it (down) or use another --state-dir\n", s.Knative, o.stateDir)
+		if s.Knative != o.knative || s.KServe != o.kserve {
+			fmt.Fprintf(os.Stderr, "up: a plane with knative=%t kserve=%t is already running under %s; stop it (down) or use another --state-dir\n", s.Knative, s.KServe, o.stateDir)
 			return 1
 		}
 		fmt.Printf("s2z-cluster: already running (state %s)\nexport KUBECONFIG=%s\n", o.stateDir, s.AdminKubeconfig)
@@ -124,6 +137,9 @@ func runUp() int {
 	fmt.Printf("s2z-cluster: Ready in %.1fs: Kubernetes %s, %d fake GPU nodes x %d GPUs\n", s.ReadySeconds, s.Version, s.Nodes, s.GPUsPerNode)
 	if s.Knative {
 		fmt.Printf("Knative Serving %s (knative.dev/serving %s): webhook, controller, autoscaler, activator; every pod answered by s2z-podnet\n", s.KnativeRelease, s.KnativeModule)
+		if s.KServe {
+			fmt.Printf("KServe %s (built against knative.dev/serving %s): controller manager and webhooks\n", s.KServeVersion, s.KServeServing)
+		}
 		fmt.Printf("activator: %s (e.g. curl -H 'Knative-Serving-Namespace: NS' -H 'Knative-Serving-Revision: REVISION' %s/)\n", s.ActivatorURL, s.ActivatorURL)
 	}
 	fmt.Printf("export KUBECONFIG=%s\n", s.AdminKubeconfig)
@@ -279,9 +295,17 @@ func up(ctx context.Context, o upOptions) (*State, error) {
 			return nil, err
 		}
 	}
+	if o.kserve {
+		if err := installKServe(o, kubectl); err != nil {
+			return nil, err
+		}
+	}
 	var fixtures bytes.Buffer
-	if o.knative {
-		fixtures.Write(withoutKnativeCRDs(crdsYAML))
+	if o.kserve {
+		fixtures.Write(withoutCRDsOf(crdsYAML, "serving.knative.dev", "autoscaling.internal.knative.dev", "serving.kserve.io"))
+		fixtures.WriteString(knativeOverrides(o.knativeModule))
+	} else if o.knative {
+		fixtures.Write(withoutCRDsOf(crdsYAML, "serving.knative.dev", "autoscaling.internal.knative.dev"))
 		fixtures.WriteString(knativeOverrides(o.knativeModule))
 	} else {
 		fixtures.Write(crdsYAML)
@@ -292,8 +316,11 @@ func up(ctx context.Context, o upOptions) (*State, error) {
 	if err := kubectl(fixtures.Bytes(), "apply", "--server-side", "--force-conflicts", "-f", "-"); err != nil {
 		return nil, err
 	}
-	if err := kubectl(nil, "wait", "--for=condition=Established", "crd", "-l", "s2z.dev/fixture=true", "--timeout=60s"); err != nil {
-		return nil, err
+	// With --kserve every fixture CRD is upstream's (installed and waited for above).
+	if !o.kserve {
+		if err := kubectl(nil, "wait", "--for=condition=Established", "crd", "-l", "s2z.dev/fixture=true", "--timeout=60s"); err != nil {
+			return nil, err
+		}
 	}
 	if o.nodes > 0 {
 		if err := kubectl(nil, "wait", "--for=condition=Ready", "node", "-l", "type=kwok", "--timeout=60s"); err != nil {
@@ -307,6 +334,11 @@ func up(ctx context.Context, o upOptions) (*State, error) {
 	var activator string
 	if o.knative {
 		if activator, err = startKnative(ctx, o, admin, ports, kubectl); err != nil {
+			return nil, err
+		}
+	}
+	if o.kserve {
+		if err := startKServe(ctx, o, admin, ports, kubectl); err != nil {
 			return nil, err
 		}
 	}
@@ -325,6 +357,9 @@ func up(ctx context.Context, o upOptions) (*State, error) {
 		Knative:              o.knative,
 		KnativeRelease:       o.knativeRelease,
 		KnativeModule:        o.knativeModule,
+		KServe:               o.kserve,
+		KServeVersion:        o.kserveVersion,
+		KServeServing:        o.kserveServing,
 		ActivatorURL:         activator,
 	}, nil
 }
@@ -440,6 +475,9 @@ func planeHealthy(dir string, s *State) bool {
 	want := len(startOrder)
 	if s.Knative {
 		want += len(knativeOrder)
+	}
+	if s.KServe {
+		want += len(kserveOrder)
 	}
 	if len(comps) != want {
 		return false
