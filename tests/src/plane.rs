@@ -31,6 +31,13 @@ pub struct Plane {
     /// when `knative` is set (see [`crate::activator`]).
     #[serde(default, rename = "activatorURL")]
     pub activator_url: Option<String>,
+    /// Started with `up --kserve`: KServe's controller manager and webhooks run too, with
+    /// upstream's CRDs (see tests/kserve), so models are real InferenceServices.
+    #[serde(default)]
+    pub kserve: bool,
+    /// The KServe module version, e.g. `v0.17.0`, when `kserve` is set.
+    #[serde(default)]
+    pub kserve_version: Option<String>,
 }
 
 /// The repository root, found from this crate's manifest directory.
@@ -54,9 +61,9 @@ fn launcher() -> PathBuf {
 const HOW_TO_START: &str = "build and start the local control plane with `make cluster` \
 (tests/cluster/build && tests/cluster/bin/s2z-cluster up), or run the whole suite with `make test`";
 
-const HOW_TO_START_KNATIVE: &str = "build the local control plane and Knative with \
-`tests/cluster/build && tests/knative/build`; tests that need real Knative start their own plane \
-with `s2z-cluster up --knative --state-dir .state/knative`";
+const HOW_TO_START_KNATIVE: &str = "build the local control plane, Knative and KServe with \
+`tests/cluster/build && tests/knative/build && tests/kserve/build`; tests that need real Knative \
+start their own plane with `s2z-cluster up --kserve --state-dir .state/knative`";
 
 static PLANE: OnceLock<std::result::Result<Plane, String>> = OnceLock::new();
 static KNATIVE_PLANE: OnceLock<std::result::Result<Plane, String>> = OnceLock::new();
@@ -78,17 +85,18 @@ fn knative_state_dir() -> PathBuf {
         .unwrap_or_else(|| repo_root().join(".state").join("knative"))
 }
 
-/// A plane running the real Knative Serving webhook, controller and autoscaler (built from the
-/// knative.dev/serving module by tests/knative/build), started once with `s2z-cluster up
-/// --knative` on its own state directory if none answers there. Like [`plane()`], it fails with
-/// a hint rather than skip. `make test` stops it at the end.
+/// A plane running the real Knative Serving webhook, controller, autoscaler and activator (built
+/// from the knative.dev/serving module by tests/knative/build) and KServe's controller manager
+/// (tests/kserve/build), started once with `s2z-cluster up --kserve` (which implies `--knative`)
+/// on its own state directory if none answers there. Like [`plane()`], it fails with a hint
+/// rather than skip. `make test` stops it at the end.
 pub fn knative_plane() -> Result<Plane> {
     KNATIVE_PLANE
         .get_or_init(|| {
-            let plane = find_or_start(&knative_state_dir(), &["--knative"]);
+            let plane = find_or_start(&knative_state_dir(), &["--kserve"]);
             match plane {
-                Ok(p) if !p.knative => Err(format!(
-                    "the plane under {} runs without Knative",
+                Ok(p) if !p.knative || !p.kserve => Err(format!(
+                    "the plane under {} runs without Knative or KServe",
                     knative_state_dir().display()
                 )),
                 other => other.map_err(|e| format!("{e:#}")),
@@ -134,18 +142,18 @@ fn find_or_start(dir: &Path, extra_args: &[&str]) -> Result<Plane> {
     serde_json::from_slice(&raw).with_context(|| format!("failed to parse {}", path.display()))
 }
 
-/// Starts (or finds, as `up` is idempotent) a plane with real Knative under `dir` with `nodes`
-/// fake GPU nodes of `gpus_per_node`: for a bench program that owns its plane.
+/// Starts (or finds, as `up` is idempotent) a plane with real Knative and KServe under `dir` with
+/// `nodes` fake GPU nodes of `gpus_per_node`: for a bench program that owns its plane.
 pub fn knative_plane_at(dir: &Path, nodes: u32, gpus_per_node: u32) -> Result<Plane> {
     let bin = launcher();
     let status = Command::new(&bin)
-        .args(["up", "--knative", "--nodes", &nodes.to_string()])
+        .args(["up", "--kserve", "--nodes", &nodes.to_string()])
         .args(["--gpus-per-node", &gpus_per_node.to_string(), "--state-dir"])
         .arg(dir)
         .status()
         .with_context(|| format!("failed to run {}", bin.display()))?;
     if !status.success() {
-        bail!("s2z-cluster up --knative failed");
+        bail!("s2z-cluster up --kserve failed");
     }
     let raw = std::fs::read(dir.join("cluster.json")).context("failed to read cluster.json")?;
     let plane: Plane = serde_json::from_slice(&raw).context("failed to parse cluster.json")?;

@@ -1,6 +1,8 @@
-//! s2z with real Knative Serving: the knative.dev/serving webhook, controller and autoscaler
-//! (tests/knative) create every Revision, Deployment and PodAutoscaler, and s2z's real webhook
-//! process (with its dormancy controller) is registered by URL, as in `knative_real.rs`'s plane.
+//! s2z with real Knative Serving and KServe: models are real InferenceServices, KServe's
+//! controller (tests/kserve) makes their Knative Services, the knative.dev/serving webhook,
+//! controller and autoscaler (tests/knative) create every Revision, Deployment and
+//! PodAutoscaler, and s2z's real webhook process (with its dormancy controller) is registered by
+//! URL, as in `knative_real.rs`'s plane. KServe's own guarantees are in `kserve_s2z.rs`.
 //!
 //! What is shown, end to end, on KWOK nodes:
 //! - a dormant org's redeploy makes a Revision born with min-scale 0 and initial-scale 0 whose
@@ -18,302 +20,22 @@
 
 mod controller_support;
 mod defrag_support;
+mod knative_support;
 
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use chrono::Utc;
-use controller_support::{Fixture, stamp};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
-use kube::core::GroupVersionKind;
-use s2z_core::labels::{DECLARED_ANNOTATION, INITIAL_SCALE, MIN_SCALE, SLEEP_ANNOTATION};
+use controller_support::stamp;
+use k8s_openapi::api::core::v1::Pod;
+use knative_support::*;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use s2z_core::labels::{DECLARED_ANNOTATION, INITIAL_SCALE, MIN_SCALE};
 use s2z_core::org::OrgState;
-use s2z_tests::env::{condition, eventually};
-use s2z_tests::webhook::{WebhookProcess, delete_mwc, register_mwc};
+use s2z_tests::env::eventually;
+use s2z_tests::webhook::delete_mwc;
 use s2z_tests::{TestEnv, kubectl};
 use serde_json::json;
-
-/// Bounds a broken run only; on a healthy plane each wait ends within seconds.
-const WAIT: Duration = Duration::from_secs(90);
-
-/// Long dormancy and no sweep: orgs flip only when a test asks.
-const CALM: [(&str, &str); 3] = [
-    ("orgDormancyPeriodSecs", "3600"),
-    ("sweepIntervalSecs", "3600"),
-    ("orgWarmupRatelimitStr", "100/s"),
-];
-
-/// A digest reference: Knative never resolves it, and KWOK never pulls it.
-const IMAGE: &str = "example.invalid/s2z/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-
-/// The model every test deploys: a KServe-style predictor declaring min-scale 2, one GPU a pod.
-const MODEL: &str = "bert-predictor";
-const DECLARED: u32 = 2;
-/// How long a redeployed model's pods take to become Ready (loading weights).
-const MODEL_LOAD: &str = "3s";
-/// The pod annotation KWOK's `pod-ready` stage takes its delay from.
-const MODEL_LOAD_ANNOTATION: &str = "pod-ready.stage.kwok.x-k8s.io/delay";
-
-fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
-}
-
-fn api(client: &kube::Client, ns: &str, kind: &str) -> Api<DynamicObject> {
-    let r = match kind {
-        "Service" => resource("serving.knative.dev", "v1", kind, "services"),
-        "Configuration" => resource("serving.knative.dev", "v1", kind, "configurations"),
-        "Revision" => resource("serving.knative.dev", "v1", kind, "revisions"),
-        _ => defrag_support::pa_resource(),
-    };
-    Api::namespaced_with(client.clone(), ns, &r)
-}
-
-/// Applies the model's Knative Service the way KServe's serverless mode shapes a predictor:
-/// the `serving.kserve.io/inferenceservice` label on the template, min-scale from
-/// `minReplicas`, a GPU limit. `generation` goes into an env var, so each new value is a
-/// redeploy (a new Revision). `pin` puts the pods on the test's private nodes. `load` is how long
-/// each pod takes to become Ready, as a model server loading its weights would (KWOK's
-/// `pod-ready` stage waits that long, see tests/cluster/build).
-async fn apply_model(
-    client: &kube::Client,
-    ns: &str,
-    generation: u32,
-    pin: Option<&str>,
-    load: Option<&str>,
-) -> Result<()> {
-    let mut pod = json!({
-        "containers": [{
-            "image": IMAGE,
-            "env": [{"name": "GENERATION", "value": generation.to_string()}],
-            "resources": {"limits": {"nvidia.com/gpu": "1"}},
-        }],
-    });
-    if let Some(id) = pin {
-        pod["nodeSelector"] = json!({"s2z.dev/test": id});
-        pod["tolerations"] = json!([{"key": "s2z.dev/test", "operator": "Equal", "value": id, "effect": "NoSchedule"}]);
-    }
-    let mut annotations = json!({
-        MIN_SCALE: DECLARED.to_string(),
-        // Knative's shortest stable window, so that scale-down is seen within seconds.
-        "autoscaling.knative.dev/window": "6s",
-    });
-    if let Some(load) = load {
-        // Knative copies the Revision's annotations to its pods, where KWOK reads this one.
-        annotations[MODEL_LOAD_ANNOTATION] = json!(load);
-    }
-    let ksvc = json!({
-        "apiVersion": "serving.knative.dev/v1", "kind": "Service",
-        "metadata": {"name": MODEL, "namespace": ns,
-                     "labels": {"serving.kserve.io/inferenceservice": "bert"}},
-        "spec": {"template": {
-            "metadata": {
-                "labels": {"serving.kserve.io/inferenceservice": "bert", "component": "predictor"},
-                "annotations": annotations,
-            },
-            "spec": pod,
-        }},
-    });
-    api(client, ns, "Service")
-        .patch(
-            MODEL,
-            &PatchParams::apply("s2z-tests").force(),
-            &Patch::Apply(&ksvc),
-        )
-        .await
-        .with_context(|| format!("failed to apply ksvc {ns}/{MODEL} generation {generation}"))?;
-    Ok(())
-}
-
-fn annotation(obj: &DynamicObject, key: &str) -> Option<String> {
-    obj.metadata.annotations.as_ref()?.get(key).cloned()
-}
-
-/// Waits until Knative reports the Revision Ready.
-async fn ready_revision(client: &kube::Client, ns: &str, name: &str) -> Result<DynamicObject> {
-    let revisions = api(client, ns, "Revision");
-    eventually(&format!("Revision {name} Ready"), WAIT, || async {
-        let Some(rev) = revisions.get_opt(name).await? else {
-            return Ok(None);
-        };
-        Ok((condition(&rev.data, "Ready") == Some("True")).then_some(rev))
-    })
-    .await
-}
-
-/// Names of the Configuration's Revisions, sorted.
-async fn revision_names(client: &kube::Client, ns: &str) -> Result<Vec<String>> {
-    let lp = ListParams::default().labels(&format!("serving.knative.dev/configuration={MODEL}"));
-    let mut names: Vec<String> = api(client, ns, "Revision")
-        .list(&lp)
-        .await?
-        .items
-        .into_iter()
-        .filter_map(|r| r.metadata.name)
-        .collect();
-    names.sort();
-    Ok(names)
-}
-
-/// The Deployment Knative made for a Revision, found by label (its name may be hashed).
-async fn deployment(client: &kube::Client, ns: &str, rev: &str) -> Result<Deployment> {
-    let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
-    let lp = ListParams::default().labels(&format!("serving.knative.dev/revision={rev}"));
-    eventually(&format!("Deployment of {rev}"), WAIT, || async {
-        Ok(deployments.list(&lp).await?.items.into_iter().next())
-    })
-    .await
-}
-
-fn replicas(d: &Deployment) -> Option<i32> {
-    d.spec.as_ref().and_then(|s| s.replicas)
-}
-
-async fn pods(client: &kube::Client, ns: &str, rev: &str) -> Result<Vec<Pod>> {
-    let lp = ListParams::default().labels(&format!("serving.knative.dev/revision={rev}"));
-    Ok(Api::<Pod>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await?
-        .items)
-}
-
-/// Waits until exactly `count` pods of the revision are serving; returns them.
-async fn wait_serving(
-    client: &kube::Client,
-    ns: &str,
-    rev: &str,
-    count: usize,
-) -> Result<Vec<Pod>> {
-    eventually(&format!("{count} serving pods of {rev}"), WAIT, || async {
-        let serving: Vec<Pod> = pods(client, ns, rev)
-            .await?
-            .into_iter()
-            .filter(defrag_support::serving)
-            .collect();
-        Ok((serving.len() == count).then_some(serving))
-    })
-    .await
-}
-
-/// Waits until the real autoscaler reports `scale` in the PodAutoscaler's `actualScale`.
-async fn wait_actual_scale(client: &kube::Client, ns: &str, rev: &str, scale: i64) -> Result<()> {
-    let pas = api(client, ns, "PodAutoscaler");
-    eventually(&format!("{rev} actualScale {scale}"), WAIT, || async {
-        let pa = pas.get(rev).await?;
-        Ok((pa.data.pointer("/status/actualScale") == Some(&json!(scale))).then_some(()))
-    })
-    .await
-}
-
-/// One test's s2z on the Knative plane: the Fixture's install namespace and settings, a
-/// controller-enabled webhook reading `knative-serving/config-autoscaler`, registered for this
-/// test's org namespaces only, and one org with one namespace.
-struct S2z {
-    fx: Fixture,
-    webhook: WebhookProcess,
-    mwc: String,
-    org: String,
-    ns: String,
-}
-
-impl S2z {
-    async fn start(test: &str) -> Result<Self> {
-        Self::start_with(test, &[]).await
-    }
-
-    /// Like [`start`](Self::start), with more s2z-webhook arguments.
-    async fn start_with(test: &str, args: &[&str]) -> Result<Self> {
-        let mut fx = Fixture::on_knative(test, &CALM).await?;
-        ensure!(
-            fx.env.plane.knative,
-            "the Knative plane's cluster.json lacks knative: true"
-        );
-        let webhook = fx.webhook(args).await?;
-        let mwc = fx.env.name("s2z");
-        let selector = json!({"matchExpressions": [
-            {"key": "s2z.dev/org", "operator": "Exists"},
-            {"key": "s2z.dev/test", "operator": "In", "values": [fx.env.id]},
-        ]});
-        register_mwc(
-            &fx.env.client,
-            &mwc,
-            &webhook.url(),
-            &webhook.cert.ca_bundle(),
-            selector,
-        )
-        .await?;
-        let org = fx.env.name("acme");
-        let ns = fx.org_namespace(&org, "acme").await?;
-        fx.org("acme", json!({})).await?;
-        fx.wait_state(&org, OrgState::Active, WAIT).await?;
-        Ok(Self {
-            fx,
-            webhook,
-            mwc,
-            org,
-            ns,
-        })
-    }
-
-    fn client(&self) -> &kube::Client {
-        &self.fx.env.client
-    }
-
-    /// The first deploy, while the org is active: the model's Revision 00001 runs its declared
-    /// pods.
-    async fn deploy_warm(&self) -> Result<()> {
-        apply_model(self.client(), &self.ns, 1, None, None).await?;
-        let rev = format!("{MODEL}-00001");
-        ready_revision(self.client(), &self.ns, &rev).await?;
-        let d = deployment(self.client(), &self.ns, &rev).await?;
-        ensure!(
-            replicas(&d) == Some(DECLARED as i32),
-            "{rev} replicas {:?}",
-            replicas(&d)
-        );
-        wait_serving(self.client(), &self.ns, &rev, DECLARED as usize).await?;
-        Ok(())
-    }
-
-    /// Puts the org to sleep the way `kubectl s2z sleep` does, and waits until the controller
-    /// reports it Dormant and has scaled the existing Revision to zero. The controller judges
-    /// from the same caches the webhook answers from, so the next Revision sees a dormant org.
-    async fn sleep(&self) -> Result<()> {
-        let patch = json!({"metadata": {"annotations": {SLEEP_ANNOTATION: stamp(Utc::now())}}});
-        self.fx
-            .orgs_api()
-            .patch(&self.org, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-            .context("failed to request sleep")?;
-        self.fx
-            .wait_state(&self.org, OrgState::Dormant, WAIT)
-            .await?;
-        self.fx
-            .wait_annotation(
-                &self.ns,
-                &format!("{MODEL}-00001"),
-                MIN_SCALE,
-                Some("0"),
-                WAIT,
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// The redeploy: a new template, so Knative creates Revision 00002; waits until it is Ready.
-    /// Its pods take [`MODEL_LOAD`] to become Ready, so a wake is seen waiting for them.
-    async fn redeploy(&self) -> Result<DynamicObject> {
-        apply_model(self.client(), &self.ns, 2, None, Some(MODEL_LOAD)).await?;
-        ready_revision(self.client(), &self.ns, &format!("{MODEL}-00002")).await
-    }
-
-    async fn cleanup(self) -> Result<()> {
-        delete_mwc(self.client(), &self.mwc).await?;
-        drop(self.webhook);
-        self.fx.cleanup().await
-    }
-}
 
 #[tokio::test]
 async fn dormant_redeploy_is_born_at_zero_and_starts_no_pod() -> Result<()> {
@@ -400,35 +122,6 @@ async fn the_same_redeploy_without_s2z_starts_the_declared_pods() -> Result<()> 
     fx.cleanup().await
 }
 
-/// `kubectl s2z status ORG -o json` through the real kubectl, as a user runs it: the org's
-/// revisions waiting for pods.
-fn waiting_for_pods(s2z: &S2z) -> Result<Vec<serde_json::Value>> {
-    let dir = defrag_support::plugin_dir()?;
-    let out = kubectl(
-        &s2z.fx.env.plane,
-        &[&dir],
-        &[
-            "s2z",
-            "-n",
-            s2z.fx.sys.as_str(),
-            "status",
-            s2z.org.as_str(),
-            "-o",
-            "json",
-        ],
-    )?;
-    ensure!(
-        out.status.success(),
-        "kubectl s2z status: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    Ok(report["orgs"][0]["waitingForPods"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default())
-}
-
 /// Waking restores what the user declared on the Revision born at zero, in place (no new
 /// Revision; Knative >= 1.21 copies min-scale to the PodAutoscaler), and the woken org is warm:
 /// the Revision gets its declared pods before any request.
@@ -461,7 +154,7 @@ async fn waking_restores_the_declared_scale_in_place_and_warms_the_org() -> Resu
     s2z.fx.wait_state(&s2z.org, OrgState::Active, WAIT).await?;
     let restored = s2z
         .fx
-        .wait_annotation(&s2z.ns, &name, MIN_SCALE, Some("2"), WAIT)
+        .wait_annotation(&s2z.ns, &name, MIN_SCALE, Some(&DECLARED.to_string()), WAIT)
         .await?;
     ensure!(
         !restored.contains_key(INITIAL_SCALE),
@@ -469,9 +162,9 @@ async fn waking_restores_the_declared_scale_in_place_and_warms_the_org() -> Resu
     );
     // Knative's revision reconciler copies the Revision's autoscaling annotations to the PA.
     let pas = api(s2z.client(), &s2z.ns, "PodAutoscaler");
-    let pa = eventually(&format!("PA {name} min-scale 2"), WAIT, || async {
+    let pa = eventually(&format!("PA {name} min-scale {DECLARED}"), WAIT, || async {
         let pa = pas.get(&name).await?;
-        Ok((annotation(&pa, MIN_SCALE).as_deref() == Some("2")).then_some(pa))
+        Ok((annotation(&pa, MIN_SCALE) == Some(DECLARED.to_string())).then_some(pa))
     })
     .await?;
     ensure!(
@@ -651,25 +344,6 @@ async fn a_request_through_the_activator_wakes_a_dormant_org() -> Result<()> {
     s2z.cleanup().await
 }
 
-/// Lets Knative Services use nodeSelector and tolerations, so that a test's pods land on its
-/// private nodes only (Knative's webhook rejects both fields by default).
-async fn allow_pinning(client: &kube::Client) -> Result<()> {
-    let cm: ConfigMap = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "config-features", "namespace": "knative-serving"},
-        "data": {"kubernetes.podspec-nodeselector": "enabled", "kubernetes.podspec-tolerations": "enabled"},
-    }))?;
-    Api::<ConfigMap>::namespaced(client.clone(), "knative-serving")
-        .patch(
-            "config-features",
-            &PatchParams::apply("s2z-tests-pinning").force(),
-            &Patch::Apply(&cm),
-        )
-        .await
-        .context("failed to enable nodeSelector and tolerations in config-features")?;
-    Ok(())
-}
-
 #[tokio::test]
 async fn defrag_moves_a_real_revision_off_a_node_on_the_real_autoscalers_actual_scale() -> Result<()>
 {
@@ -678,13 +352,8 @@ async fn defrag_moves_a_real_revision_off_a_node_on_the_real_autoscalers_actual_
     allow_pinning(&env.client).await?;
     // node0 is emptied; node1 is cordoned until the pods sit on node0.
     let nodes = defrag_support::private_nodes(&env, &[8, 8], &[false, true]).await?;
-    // Knative's webhook reads config-features through an informer: retry until it allows it.
-    eventually("a pinned ksvc accepted", WAIT, || async {
-        Ok(apply_model(&env.client, &ns, 1, Some(&env.id), None)
-            .await
-            .ok())
-    })
-    .await?;
+    wait_pinning_allowed(&env.client, &ns, &env.id).await?;
+    apply_model(&env.client, &ns, 1, Some(&env.id), None).await?;
     let rev = format!("{MODEL}-00001");
     ready_revision(&env.client, &ns, &rev).await?;
     let placed = wait_serving(&env.client, &ns, &rev, DECLARED as usize).await?;
@@ -701,12 +370,13 @@ async fn defrag_moves_a_real_revision_off_a_node_on_the_real_autoscalers_actual_
         &env.plane,
         &["defrag", &nodes[0], "--yes", "--timeout", "5m"],
     )?;
-    // Orphaned, no replacement can run yet (node1 is cordoned): the KPA counts the 2 orphans.
+    // Orphaned, no replacement can run yet (node1 is cordoned): the KPA counts the orphans.
     let (_, first) = run
         .line("the first progress line", |l| l.starts_with("Revision "))
         .await?;
-    let want =
-        format!("Revision {rev} - 2 extra needed - current_scale=2 replicas=2 initial_scale=2");
+    let want = format!(
+        "Revision {rev} - {DECLARED} extra needed - current_scale={DECLARED} replicas={DECLARED} initial_scale={DECLARED}"
+    );
     ensure!(
         first == want,
         "first progress line {first:?}, want {want:?}"
@@ -716,11 +386,13 @@ async fn defrag_moves_a_real_revision_off_a_node_on_the_real_autoscalers_actual_
         .await?;
     let (status, stdout, stderr) = run.finish().await?;
     ensure!(status.success(), "defrag {status}: {stderr}\n{stdout}");
-    let want =
-        format!("Revision {rev} - 0 extra needed - current_scale=4 replicas=2 initial_scale=2");
+    let want = format!(
+        "Revision {rev} - 0 extra needed - current_scale={} replicas={DECLARED} initial_scale={DECLARED}",
+        2 * DECLARED
+    );
     ensure!(stdout.contains(&want), "missing {want:?} in:\n{stdout}");
-    // The real KPA counted the orphans with the replacements: 2 + 2.
-    wait_actual_scale(&env.client, &ns, &rev, 4).await?;
+    // The real KPA counted the orphans with the replacements.
+    wait_actual_scale(&env.client, &ns, &rev, i64::from(2 * DECLARED)).await?;
 
     // The human step the plugin prints, through the real kubectl.
     let out = kubectl(
