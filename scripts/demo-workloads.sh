@@ -1,8 +1,9 @@
 # Workloads for scripts/demo.sh: each org gets one pynode (a Knative Service) and one model (a
-# KServe-style predictor ksvc labelled serving.kserve.io/inferenceservice, declaring min-scale 2).
-# With real Knative the ksvc chain creates revisions and pods; with the CRD-only plane the demo
-# creates the Revisions itself, as Knative's configuration controller would, and reports what
-# their annotations make Knative start.
+# KServe InferenceService whose predictor declares minReplicas 2 and one GPU a pod).
+# With real Knative and KServe, KServe makes the model's Knative Service (model-predictor) and
+# Knative creates revisions and pods; with the CRD-only plane the demo creates the Revisions
+# itself, as KServe and Knative's configuration controller would, and reports what their
+# annotations make Knative start.
 # shellcheck shell=bash
 
 image="example.invalid/s2z-demo@sha256:$(printf '%064d' 0)"
@@ -29,23 +30,22 @@ spec:
         - image: $image
           env: [{name: GENERATION, value: "$gen"}]
 ---
-apiVersion: serving.knative.dev/v1
-kind: Service
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
 metadata:
-  name: model-predictor
+  name: model
   namespace: $org
-  labels: {serving.kserve.io/inferenceservice: model}
+  # KServe copies these onto the Revision template of the Knative Service it makes
+  # (model-predictor); the model server takes 3s to load its weights (KWOK reads the delay).
+  annotations: {autoscaling.knative.dev/window: "$window", pod-ready.stage.kwok.x-k8s.io/delay: "3s"}
 spec:
-  template:
-    metadata:
-      labels: {serving.kserve.io/inferenceservice: model, component: predictor}
-      # The model server takes 3s to load its weights before it is Ready (KWOK reads this).
-      annotations: {autoscaling.knative.dev/min-scale: "2", autoscaling.knative.dev/window: "$window", pod-ready.stage.kwok.x-k8s.io/delay: "3s"}
-    spec:
-      containers:
-        - image: $image
-          env: [{name: GENERATION, value: "$gen"}]
-          resources: {limits: {nvidia.com/gpu: "1"}}
+  predictor:
+    minReplicas: 2
+    containers:
+      - name: kserve-container
+        image: $image
+        env: [{name: GENERATION, value: "$gen"}]
+        resources: {limits: {nvidia.com/gpu: "1"}}
 YAML
   else
     kubectl apply -f - >/dev/null <<YAML

@@ -25,16 +25,17 @@ step() { n=$((n + 1)); printf '\n%s==> [%d] %s%s\n' "$bold" "$n" "$*" "$reset"; 
 run() { printf '$ %s\n' "$*"; "$@"; }
 fail() { echo "demo: FAILED: $*" >&2; exit 1; }
 
-# Real Knative Serving needs root: its webhook runs in a network namespace of its own.
+# Real Knative Serving and KServe need root: their webhooks run in a network namespace of their own.
 knative=()
-if [[ ${DEMO_KNATIVE:-1} == 1 && $(id -u) == 0 ]]; then knative=(--knative); fi
+if [[ ${DEMO_KNATIVE:-1} == 1 && $(id -u) == 0 ]]; then knative=(--kserve); fi
 
-step "Building the control plane (Go)${knative:+, Knative Serving (Go)} and s2z (Rust); a first build takes a while, later ones seconds"
+step "Building the control plane (Go)${knative:+, Knative Serving and KServe (Go)} and s2z (Rust); a first build takes a while, later ones seconds"
 # Targets relative to the Makefile, so make knows how to build them from a fresh clone.
-make --no-print-directory packages tests/cluster/bin/s2z-cluster ${knative:+tests/knative/bin/knative-version}
+make --no-print-directory packages tests/cluster/bin/s2z-cluster ${knative:+tests/knative/bin/knative-version tests/kserve/bin/kserve-version}
 cargo build --bins -p s2z-webhook -p kubectl-s2z
 export PATH=$root/target/debug:$root/tests/cluster/bin:$PATH
-step "Starting the local control plane ${knative[*]:-(Knative CRDs only: real Knative needs root)}"
+if [[ ${#knative[@]} -gt 0 ]]; then planned="with real Knative Serving and KServe (--kserve)"; else planned="(Knative CRDs only: real Knative needs root)"; fi
+step "Starting the local control plane $planned"
 run "$cluster" up --state-dir "$state" --nodes 4 --gpus-per-node 8 "${knative[@]}"
 export KUBECONFIG=$state/admin.kubeconfig
 
@@ -79,6 +80,10 @@ for org in acme sleepy vip; do
   deploy_workloads "$org" 1
 done
 wait_warm acme sleepy vip
+if has_knative; then
+  # Each model is a real InferenceService; KServe made its Knative Service, Knative its Revision.
+  run kubectl get inferenceservices -n acme -o custom-columns='NAME:.metadata.name,MIN-REPLICAS:.spec.predictor.minReplicas,LATEST-REVISION:.status.components.predictor.latestCreatedRevision'
+fi
 step "kubectl s2z status"
 run kubectl s2z status
 

@@ -1,14 +1,14 @@
 //! The deploy spike, measured on real Knative Serving (issue 7, item 4): N orgs, most of them
-//! dormant, each with a pynode (a Knative Service) and a model (a KServe-style predictor ksvc:
-//! `serving.kserve.io/inferenceservice` on the template, declared min-scale, one GPU a pod),
-//! all redeployed at once (a new template, so a new Revision each), once without s2z and once
+//! dormant, each with a pynode (a Knative Service) and a model (a real KServe InferenceService
+//! whose predictor declares `minReplicas` and one GPU a pod; KServe's controller makes its
+//! Knative Service), all redeployed at once (a new template, so a new Revision each), once without s2z and once
 //! with it, each on a clean slate. Prints pods started, GPU-seconds held in the window after the
 //! redeploy and revisions created, split by dormant and active orgs.
 //!
 //!     make bench-spike                      # or:
 //!     cargo build -p s2z-webhook && cargo run -p s2z-tests --example spike -- --help
 //!
-//! The program starts its own plane (`s2z-cluster up --knative --nodes 12 --gpus-per-node 8`
+//! The program starts its own plane (`s2z-cluster up --kserve --nodes 12 --gpus-per-node 8`
 //! under `.state/bench-spike`) and stops it at the end (`--keep` leaves it running).
 //!
 //! Each run starts from the same state, made with s2z running (webhook registered, controller
@@ -42,11 +42,11 @@ use clap::Parser;
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use s2z_core::labels::{INITIAL_SCALE, MIN_SCALE, SLEEP_ANNOTATION};
 use s2z_core::org::{Org, OrgState};
-use s2z_tests::Plane;
+use s2z_tests::{Plane, kserve};
 use s2z_tests::plane::{client_for, knative_plane_at, plane_down_at, repo_root};
 use s2z_tests::scale::serving;
 use s2z_tests::spike::{Figures, Group, PodLife, by_group, table};
@@ -84,6 +84,9 @@ struct Args {
 
 const IMAGE: &str = "example.invalid/s2z/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 const PYNODE: &str = "pynode";
+/// The model's InferenceService, and the Knative Service KServe makes for its predictor (what
+/// the bench counts by).
+const MODEL_ISVC: &str = "model";
 const MODEL: &str = "model-predictor";
 const REVISION: &str = "serving.knative.dev/revision";
 const BENCH_LABEL: &str = "s2z.dev/bench";
@@ -127,29 +130,24 @@ impl Bench<'_> {
         ns.strip_prefix(&format!("{prefix}-org-"))?.parse().ok()
     }
 
-    fn ksvc(&self, ns: &str, name: &str, generation: u32) -> Value {
-        let mut template = json!({
-            "metadata": {},
-            "spec": {"containers": [{
+    /// The object behind one of an org's services, and its API: the pynode is a Knative
+    /// Service; the model is a real InferenceService (KServe makes its Knative Service
+    /// `model-predictor`), whose predictor declares `minReplicas` and one GPU a pod.
+    fn object(&self, ns: &str, name: &str, generation: u32) -> (ApiResource, Value) {
+        if name == MODEL {
+            let predictor = kserve::predictor(IMAGE, self.args.model_min_scale, 1, generation);
+            let isvc = kserve::inference_service(ns, MODEL_ISVC, predictor, json!({}));
+            return (kserve::inference_services(), isvc);
+        }
+        let ksvc = json!({
+            "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"template": {"spec": {"containers": [{
                 "image": IMAGE,
                 "env": [{"name": "GENERATION", "value": generation.to_string()}],
-            }]},
+            }]}}},
         });
-        let mut labels = json!({});
-        if name == MODEL {
-            labels = json!({"serving.kserve.io/inferenceservice": "model"});
-            template["metadata"] = json!({
-                "labels": {"serving.kserve.io/inferenceservice": "model", "component": "predictor"},
-                "annotations": {MIN_SCALE: self.args.model_min_scale.to_string()},
-            });
-            template["spec"]["containers"][0]["resources"] =
-                json!({"limits": {"nvidia.com/gpu": "1"}});
-        }
-        json!({
-            "apiVersion": "serving.knative.dev/v1", "kind": "Service",
-            "metadata": {"name": name, "namespace": ns, "labels": labels},
-            "spec": {"template": template},
-        })
+        (serving("Service", "services"), ksvc)
     }
 
     /// Creates or updates every service of the run, `CONCURRENCY` at a time.
@@ -159,12 +157,14 @@ impl Bench<'_> {
             .collect();
         stream::iter(jobs)
             .map(|(ns, name)| async move {
+                let (resource, object) = self.object(&ns, name, generation);
                 let api: Api<DynamicObject> =
-                    Api::namespaced_with(self.client.clone(), &ns, &serving("Service", "services"));
+                    Api::namespaced_with(self.client.clone(), &ns, &resource);
+                let applied = object["metadata"]["name"].as_str().unwrap_or(name).to_string();
                 api.patch(
-                    name,
+                    &applied,
                     &PatchParams::apply("s2z-spike").force(),
-                    &Patch::Apply(&self.ksvc(&ns, name, generation)),
+                    &Patch::Apply(&object),
                 )
                 .await
                 .with_context(|| format!("failed to apply {ns}/{name} generation {generation}"))

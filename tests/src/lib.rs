@@ -7,6 +7,7 @@
 pub mod activator;
 pub mod container;
 pub mod env;
+pub mod kserve;
 pub mod nodes;
 pub mod plane;
 pub mod scale;

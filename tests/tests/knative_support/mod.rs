@@ -15,7 +15,7 @@ use kube::core::GroupVersionKind;
 use s2z_core::labels::{MIN_SCALE, SLEEP_ANNOTATION};
 use s2z_core::org::OrgState;
 use s2z_tests::env::{condition, eventually};
-use s2z_tests::kubectl;
+use s2z_tests::{kserve, kubectl};
 use s2z_tests::webhook::{WebhookProcess, delete_mwc, register_mwc};
 use serde_json::json;
 
@@ -38,7 +38,7 @@ pub const IMAGE: &str = "example.invalid/s2z/app@sha256:0123456789abcdef01234567
 /// The model every test deploys: the InferenceService `bert`, whose predictor declares
 /// `minReplicas` 3 and one GPU a pod; KServe names its Knative Service `bert-predictor`.
 pub const ISVC: &str = "bert";
-pub const MODEL: &str = "bert-predictor";
+pub const MODEL: &str = "bert-predictor"; // kserve::predictor_service(ISVC)
 pub const DECLARED: u32 = 3;
 /// How long a redeployed model's pods take to become Ready (loading weights).
 pub const MODEL_LOAD: &str = "3s";
@@ -54,7 +54,7 @@ pub fn api(client: &kube::Client, ns: &str, kind: &str) -> Api<DynamicObject> {
         "Service" => resource("serving.knative.dev", "v1", kind, "services"),
         "Configuration" => resource("serving.knative.dev", "v1", kind, "configurations"),
         "Revision" => resource("serving.knative.dev", "v1", kind, "revisions"),
-        "InferenceService" => resource("serving.kserve.io", "v1beta1", kind, "inferenceservices"),
+        "InferenceService" => kserve::inference_services(),
         _ => defrag_support::pa_resource(),
     };
     Api::namespaced_with(client.clone(), ns, &r)
@@ -74,15 +74,7 @@ pub async fn apply_model(
     pin: Option<&str>,
     load: Option<&str>,
 ) -> Result<()> {
-    let mut predictor = json!({
-        "minReplicas": DECLARED,
-        "containers": [{
-            "name": "kserve-container",
-            "image": IMAGE,
-            "env": [{"name": "GENERATION", "value": generation.to_string()}],
-            "resources": {"limits": {"nvidia.com/gpu": "1"}},
-        }],
-    });
+    let mut predictor = kserve::predictor(IMAGE, DECLARED, 1, generation);
     if let Some(id) = pin {
         predictor["nodeSelector"] = json!({"s2z.dev/test": id});
         predictor["tolerations"] = json!([{"key": "s2z.dev/test", "operator": "Equal", "value": id, "effect": "NoSchedule"}]);
@@ -95,11 +87,7 @@ pub async fn apply_model(
         // Knative copies the Revision's annotations to its pods, where KWOK reads this one.
         annotations[MODEL_LOAD_ANNOTATION] = json!(load);
     }
-    let isvc = json!({
-        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-        "metadata": {"name": ISVC, "namespace": ns, "annotations": annotations},
-        "spec": {"predictor": predictor},
-    });
+    let isvc = kserve::inference_service(ns, ISVC, predictor, annotations);
     api(client, ns, "InferenceService")
         .patch(
             ISVC,
