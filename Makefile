@@ -135,11 +135,12 @@ bench-dormancy: $(CLUSTER)
 	cargo build --release -p s2z-webhook
 	S2Z_WEBHOOK_BIN=$(CURDIR)/target/release/s2z-webhook cargo bench -p s2z-tests --bench dormancy -- $(BENCH_ARGS)
 
-## bench-spike: the deploy spike on real Knative: 60 orgs (50 dormant) redeploy their pynodes and
-## models without s2z, then with it, each on a clean slate; pods started, GPU-seconds in the 300 s
-## after, revisions created. Own plane with Knative in .state/bench-spike, stopped at the end (about
-## 15 minutes). Exits non-zero if, with s2z, a dormant org starts a pod. BENCH_ARGS="--window 60".
-bench-spike: $(CLUSTER) $(KNATIVE)
+## bench-spike: the deploy spike on real Knative and KServe: 60 orgs (50 dormant) redeploy their
+## pynodes (Knative Services) and models (InferenceServices) without s2z, then with it, each on a
+## clean slate; pods started, GPU-seconds in the 300 s after, revisions created. Own plane with
+## Knative and KServe in .state/bench-spike, stopped at the end (about 18 minutes). Exits non-zero
+## if, with s2z, a dormant org starts a pod. BENCH_ARGS="--window 60".
+bench-spike: $(CLUSTER) $(KNATIVE) $(KSERVE)
 	cargo build -p s2z-webhook
 	cargo run -p s2z-tests --example spike -- $(BENCH_ARGS)
 
@@ -147,7 +148,7 @@ bench-spike: $(CLUSTER) $(KNATIVE)
 ## revisions born at zero) against the seed's way (edit each ksvc: a new revision): time from each
 ## wake request to the declared pods Ready (p50/p99/max) and API writes per woken revision. Own
 ## plane in .state/bench-wake, stopped at the end (about 10 minutes). BENCH_ARGS="--orgs 20".
-bench-wake: $(CLUSTER) $(KNATIVE)
+bench-wake: $(CLUSTER) $(KNATIVE) $(KSERVE)
 	cargo build -p s2z-webhook
 	cargo run -p s2z-tests --example wake -- $(BENCH_ARGS)
 
