@@ -46,11 +46,11 @@ use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch
 use kube::runtime::{WatchStreamExt, watcher};
 use s2z_core::labels::{INITIAL_SCALE, MIN_SCALE, SLEEP_ANNOTATION};
 use s2z_core::org::{Org, OrgState};
-use s2z_tests::{Plane, kserve};
 use s2z_tests::plane::{client_for, knative_plane_at, plane_down_at, repo_root};
 use s2z_tests::scale::serving;
 use s2z_tests::spike::{Figures, Group, PodLife, by_group, table};
 use s2z_tests::webhook::{WebhookProcess, delete_mwc, ensure_org_crd, register_mwc};
+use s2z_tests::{Plane, kserve};
 use serde_json::{Value, json};
 
 /// The deploy-spike measurement on real Knative.
@@ -160,7 +160,10 @@ impl Bench<'_> {
                 let (resource, object) = self.object(&ns, name, generation);
                 let api: Api<DynamicObject> =
                     Api::namespaced_with(self.client.clone(), &ns, &resource);
-                let applied = object["metadata"]["name"].as_str().unwrap_or(name).to_string();
+                let applied = object["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or(name)
+                    .to_string();
                 api.patch(
                     &applied,
                     &PatchParams::apply("s2z-spike").force(),

@@ -210,3 +210,44 @@ async fn a_dormant_orgs_inferenceservice_update_is_born_at_zero_and_wakes_to_min
     );
     s2z.cleanup().await
 }
+
+/// Why s2z edits Revisions and never the Knative Service: KServe owns the Knative Service's
+/// template, and puts back an edit to it (here the seed's way of putting a model to sleep,
+/// min-scale 0 on the template) on its next reconcile, each change costing a generation, and
+/// Knative a Revision.
+#[tokio::test]
+async fn kserve_puts_back_an_edit_to_the_knative_service_it_owns() -> Result<()> {
+    let s2z = S2z::start("ks-s2z-owned").await?;
+    s2z.deploy_warm().await?;
+    let services = api(s2z.client(), &s2z.ns, "Service");
+    let before = services.get(MODEL).await?;
+    let min_scale_path = format!(
+        "/spec/template/metadata/annotations/{}",
+        MIN_SCALE.replace('/', "~1")
+    );
+    services
+        .patch(
+            MODEL,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"template": {"metadata": {"annotations": {MIN_SCALE: "0"}}}}}),
+            ),
+        )
+        .await
+        .with_context(|| format!("failed to edit ksvc {MODEL}"))?;
+    let declared = json!(DECLARED.to_string());
+    let put_back = eventually("KServe putting the template back", WAIT, || async {
+        let ksvc = services.get(MODEL).await?;
+        let back = ksvc.data.pointer(&min_scale_path) == Some(&declared)
+            && generation(&ksvc) > generation(&before).map(|g| g + 1);
+        Ok(back.then_some(ksvc))
+    })
+    .await?;
+    eprintln!(
+        "ksvc generation {:?} -> {:?}, template min-scale {:?}",
+        generation(&before),
+        generation(&put_back),
+        put_back.data.pointer(&min_scale_path)
+    );
+    s2z.cleanup().await
+}

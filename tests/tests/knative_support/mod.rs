@@ -15,8 +15,8 @@ use kube::core::GroupVersionKind;
 use s2z_core::labels::{MIN_SCALE, SLEEP_ANNOTATION};
 use s2z_core::org::OrgState;
 use s2z_tests::env::{condition, eventually};
-use s2z_tests::{kserve, kubectl};
 use s2z_tests::webhook::{WebhookProcess, delete_mwc, register_mwc};
+use s2z_tests::{kserve, kubectl};
 use serde_json::json;
 
 use crate::controller_support::{Fixture, stamp};

@@ -70,6 +70,8 @@ func stopAll(dir string, quiet bool) int {
 	_ = os.Remove(statePath(dir))
 	// etcd's data belongs to this plane only; a new `up` starts empty.
 	_ = os.RemoveAll(filepath.Join(dir, "etcd"))
+	// KServe's webhook certificate and key (kserve.go); `up --kserve` issues new ones.
+	_ = os.RemoveAll(filepath.Join(dir, "kserve-tmp"))
 	return running
 }
 
