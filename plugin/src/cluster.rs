@@ -17,9 +17,7 @@ use crate::client::{Cluster, ORGS, Req, Shape, list_all};
 use crate::error::{Error, Result};
 
 mod objects;
-pub use objects::{
-    Container, GPU_RESOURCE, Meta, Object, Pod, PodCondition, PodSpec, PodStatus, Resources,
-};
+pub use objects::{Container, Meta, Object, Pod, PodCondition, PodSpec, PodStatus, Resources};
 
 /// Above this many namespaces, one cluster-wide list beats one list per namespace.
 const PER_NAMESPACE_LIMIT: usize = 4;

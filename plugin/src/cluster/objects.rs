@@ -3,10 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use s2z_core::defrag::GPU_RESOURCES;
 use serde::Deserialize;
-
-/// The extended resource counted as GPUs held.
-pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 
 /// The metadata fields the plugin reads from namespaces, revisions and pods.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -104,15 +102,21 @@ fn quantity(value: Option<&serde_json::Value>) -> u64 {
 }
 
 impl Container {
-    /// GPUs of this container: the limit, else the request (they must match for extended
-    /// resources).
+    /// GPUs of this container, of every vendor core counts (`s2z_core::defrag::GPU_RESOURCES`,
+    /// as defrag and the controller's savings ledger do): per resource the limit, else the
+    /// request (they must match for extended resources).
     pub fn gpus(&self) -> u64 {
-        let limit = quantity(self.resources.limits.get(GPU_RESOURCE));
-        if limit > 0 {
-            limit
-        } else {
-            quantity(self.resources.requests.get(GPU_RESOURCE))
-        }
+        GPU_RESOURCES
+            .iter()
+            .map(|name| {
+                let limit = quantity(self.resources.limits.get(*name));
+                if limit > 0 {
+                    limit
+                } else {
+                    quantity(self.resources.requests.get(*name))
+                }
+            })
+            .sum()
     }
 }
 

@@ -20,6 +20,13 @@ fn pods_count_gpus_like_the_scheduler() -> serde_json::Result<()> {
         {"resources": {"limits": {"nvidia.com/gpu": 1}}}
     ]}}))?;
     assert_eq!(pod.gpus(), 1);
+    // Every vendor defrag and the controller count.
+    let pod: Pod = serde_json::from_value(json!({"metadata": {}, "spec": {"containers": [
+        {"resources": {"limits": {"amd.com/gpu": "2"}}},
+        {"resources": {"requests": {"gpu.intel.com/i915": "1"}}},
+        {"resources": {"limits": {"example.com/fpga": "3"}}}
+    ]}}))?;
+    assert_eq!(pod.gpus(), 3);
     Ok(())
 }
 

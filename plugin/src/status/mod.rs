@@ -31,7 +31,7 @@ Columns:
   LAST ACTIVITY   age of the newest recorded activity
   DORMANT         'in <age>' for an active org, 'since <age>' for a dormant one
   PYNODES/MODELS  warm/total revisions; warm ones are kept at min-scale >= 1
-  PODS, GPUS      running pods of the org's revisions and the nvidia.com/gpu they hold
+  PODS, GPUS      running pods of the org's revisions and the GPUs they hold
   SAVED           GPU-hours (pod-hours without GPUs) not held while the org was dormant:
                   its warm floor times the time dormant (status.savings)
 

@@ -49,7 +49,7 @@ use crate::output::{API_VERSION, Cell, Style, age_between, exact_duration, paint
 ///   pynodes: {total: 3, warm: 2}          # revisions; warm = kept at min-scale >= 1
 ///   models: {total: 1, warm: 1}
 ///   runningPods: 4                        # running pods of the org's revisions
-///   gpus: 2                               # nvidia.com/gpu held by those pods
+///   gpus: 2                               # GPUs held by those pods (nvidia, amd, intel)
 ///   waitingForPods:                       # warm revisions with fewer Ready pods than their
 ///   - namespace: acme-prod                #   min-scale, e.g. just after a wake
 ///     name: bert-predictor-00002

@@ -45,10 +45,7 @@ fn revision(ns: &str, name: &str, labels: &[(&str, &str)], annotations: &[(&str,
 fn pod(ns: &str, revision: &str, gpus: u64) -> Pod {
     let mut limits = BTreeMap::new();
     if gpus > 0 {
-        limits.insert(
-            crate::cluster::GPU_RESOURCE.to_string(),
-            json!(gpus.to_string()),
-        );
+        limits.insert("nvidia.com/gpu".to_string(), json!(gpus.to_string()));
     }
     Pod {
         metadata: Meta {
