@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
-use kube::core::admission::{META_API_VERSION_V1, META_KIND, Operation};
+use kube::core::admission::Operation;
 use s2z_core::annotations::{self, DecisionInput};
 use s2z_core::labels::{MODEL_LABEL, ORG_LABEL};
 use s2z_core::org::OrgState;
@@ -19,6 +19,7 @@ use crate::view::{ClusterView, evaluate_org};
 #[path = "admission_wire.rs"]
 mod wire;
 
+pub use wire::ReviewError;
 use wire::{Object, Parsed, Request};
 
 /// The largest AdmissionReview body accepted; larger bodies get HTTP 413.
@@ -28,39 +29,6 @@ pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 pub const REVISION_GROUP: &str = "serving.knative.dev";
 /// The kind this webhook mutates.
 pub const REVISION_KIND: &str = "Revision";
-
-/// Why a body is not an AdmissionReview we can answer. The caller answers HTTP 400.
-#[derive(Debug, thiserror::Error)]
-pub enum ReviewError {
-    /// The body is not JSON at all.
-    #[error("failed to read AdmissionReview: body is not JSON: {0}")]
-    NotJson(#[source] serde_json::Error),
-    /// The body is JSON but not an `admission.k8s.io/v1` `AdmissionReview`.
-    #[error(
-        "failed to read AdmissionReview: expected apiVersion {META_API_VERSION_V1:?} and kind {META_KIND:?}, got {api_version:?} and {kind:?}"
-    )]
-    NotAdmissionReview {
-        /// The apiVersion found.
-        api_version: String,
-        /// The kind found.
-        kind: String,
-    },
-    /// The review carries no request.
-    #[error("failed to read AdmissionReview: it has no request")]
-    NoRequest,
-    /// The request has no (or an empty) uid, so no response can be matched to it.
-    #[error("failed to read AdmissionReview: the request has no uid")]
-    NoUid,
-    /// The request does not have the shape of an AdmissionRequest.
-    #[error("failed to read AdmissionReview: {0}")]
-    Malformed(#[source] serde_json::Error),
-    /// The patch could not be serialized (never expected).
-    #[error("failed to encode the patch: {0}")]
-    EncodePatch(#[source] serde_json::Error),
-    /// The response could not be serialized (never expected).
-    #[error("failed to encode AdmissionReview response: {0}")]
-    Encode(#[source] serde_json::Error),
-}
 
 /// What happened to an admitted object; a metrics label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

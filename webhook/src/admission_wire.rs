@@ -22,7 +22,38 @@ use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::ReviewError;
+/// Why a body is not an AdmissionReview we can answer. The caller answers HTTP 400.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    /// The body is not JSON at all.
+    #[error("failed to read AdmissionReview: body is not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    /// The body is JSON but not an `admission.k8s.io/v1` `AdmissionReview`.
+    #[error(
+        "failed to read AdmissionReview: expected apiVersion {META_API_VERSION_V1:?} and kind {META_KIND:?}, got {api_version:?} and {kind:?}"
+    )]
+    NotAdmissionReview {
+        /// The apiVersion found.
+        api_version: String,
+        /// The kind found.
+        kind: String,
+    },
+    /// The review carries no request.
+    #[error("failed to read AdmissionReview: it has no request")]
+    NoRequest,
+    /// The request has no (or an empty) uid, so no response can be matched to it.
+    #[error("failed to read AdmissionReview: the request has no uid")]
+    NoUid,
+    /// The request does not have the shape of an AdmissionRequest.
+    #[error("failed to read AdmissionReview: {0}")]
+    Malformed(#[source] serde_json::Error),
+    /// The patch could not be serialized (never expected).
+    #[error("failed to encode the patch: {0}")]
+    EncodePatch(#[source] serde_json::Error),
+    /// The response could not be serialized (never expected).
+    #[error("failed to encode AdmissionReview response: {0}")]
+    Encode(#[source] serde_json::Error),
+}
 
 /// A JSON string, borrowed from the body unless it contains escapes.
 #[derive(Debug, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
