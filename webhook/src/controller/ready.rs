@@ -14,7 +14,7 @@ use s2z_core::dormancy::parse_time;
 use s2z_core::org::Org;
 use s2z_core::warm::{is_warm, wake_started};
 
-use super::Context;
+use super::context::Context;
 use super::target::autoscaler_resource;
 use super::warm::view;
 

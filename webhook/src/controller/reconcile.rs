@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures::{StreamExt, stream};
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
@@ -17,23 +17,14 @@ use s2z_core::labels::RECONCILE_ANNOTATION;
 use s2z_core::org::{Org, OrgState, OrgStatus};
 use s2z_core::warm::maybe_unwarmed;
 
+use super::context::{Context, Error, params};
 use super::plan::{Change, Workload, plan, requeue_after};
 use super::status::{Observation, evaluated_patch, flip, next_status, status_patch};
 use super::target::{Target, autoscaler_resource, revision_resource};
-use super::{Context, Error};
 use crate::view::ClusterView;
 
-/// Field manager of the controller's writes.
-pub const FIELD_MANAGER: &str = "s2z-controller";
 /// Patches in flight at once within one reconcile.
 const PATCH_CONCURRENCY: usize = 8;
-
-pub(super) fn params() -> PatchParams {
-    PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PatchParams::default()
-    }
-}
 
 /// The reconcile entry point for kube-runtime's Controller.
 pub async fn reconcile(org: Arc<Org>, ctx: Arc<Context>) -> Result<Action, Error> {

@@ -11,7 +11,7 @@ use kube::api::{Api, DynamicObject, PartialObjectMeta};
 use s2z_core::org::{OrgState, OrgStatus, Savings};
 use s2z_core::savings::{close_period, gpus_per_pod, revision_floor};
 
-use super::Context;
+use super::context::Context;
 use super::target::revision_resource;
 
 /// The ledger to store with `next`, given the status before. Reads each routable revision once

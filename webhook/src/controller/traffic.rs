@@ -17,8 +17,9 @@ use kube::api::DynamicObject;
 use kube::runtime::watcher::Event;
 use s2z_core::org::OrgState;
 
-use super::Context;
+use super::index::NamespaceIndex;
 use crate::activity::queue::{ActivityQueue, Signal};
+use crate::cache::Caches;
 use crate::view::{ClusterView, evaluate_org};
 
 /// Watches PodAutoscaler scale for traffic to dormant orgs.
@@ -52,8 +53,14 @@ impl Detector {
         }
     }
 
-    /// Looks at one PodAutoscaler event.
-    pub fn observe(&self, ctx: &Context, event: &Event<DynamicObject>) {
+    /// Looks at one PodAutoscaler event; `namespaces` and `caches` tell its org and whether
+    /// that org is dormant.
+    pub fn observe(
+        &self,
+        namespaces: &NamespaceIndex,
+        caches: &Caches,
+        event: &Event<DynamicObject>,
+    ) {
         let mut desired = self.desired.lock().unwrap_or_else(|e| e.into_inner());
         match event {
             Event::Apply(pa) => {
@@ -64,7 +71,7 @@ impl Detector {
                 };
                 if woke(before, after) {
                     drop(desired);
-                    self.wake(ctx, pa);
+                    self.wake(namespaces, caches, pa);
                 }
             }
             Event::InitApply(pa) => {
@@ -79,16 +86,16 @@ impl Detector {
         }
     }
 
-    fn wake(&self, ctx: &Context, pa: &DynamicObject) {
+    fn wake(&self, namespaces: &NamespaceIndex, caches: &Caches, pa: &DynamicObject) {
         let namespace = pa.namespace().unwrap_or_default();
-        let Some(org) = ctx.namespaces.org_of(&namespace) else {
+        let Some(org) = namespaces.org_of(&namespace) else {
             return;
         };
-        let Some(object) = ctx.caches.org(&org) else {
+        let Some(object) = caches.org(&org) else {
             return;
         };
         let now = Utc::now();
-        let config = ctx.caches.config();
+        let config = caches.config();
         if evaluate_org(&object, &config.settings, now).state != OrgState::Dormant {
             return;
         }

@@ -12,9 +12,8 @@ use s2z_core::org::Org;
 use s2z_core::warm::{AutoscalerView, min_scale, warm_up_replicas};
 use serde_json::json;
 
-use super::reconcile::params;
+use super::context::{Context, Error, params};
 use super::target::autoscaler_resource;
-use super::{Context, Error};
 
 /// Scale writes in flight at once for one org.
 const CONCURRENCY: usize = 8;
