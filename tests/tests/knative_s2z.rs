@@ -151,15 +151,7 @@ async fn waking_restores_the_declared_scale_in_place_and_warms_the_org() -> Resu
     let token = s2z.fx.sender("gateway", Some(&[])).await?;
     let (code, body) = s2z.webhook.activity(&s2z.org, Some(&token), "").await?;
     ensure!(code == 202, "activity: {code} {body}");
-    s2z.fx.wait_state(&s2z.org, OrgState::Active, WAIT).await?;
-    let restored = s2z
-        .fx
-        .wait_annotation(&s2z.ns, &name, MIN_SCALE, Some(&DECLARED.to_string()), WAIT)
-        .await?;
-    ensure!(
-        !restored.contains_key(INITIAL_SCALE),
-        "initial-scale left on {name}: {restored:?}"
-    );
+    s2z.wait_restored(&name).await?;
     // Knative's revision reconciler copies the Revision's autoscaling annotations to the PA.
     let pas = api(s2z.client(), &s2z.ns, "PodAutoscaler");
     let pa = eventually(&format!("PA {name} min-scale {DECLARED}"), WAIT, || async {

@@ -194,15 +194,7 @@ async fn a_dormant_orgs_inferenceservice_update_is_born_at_zero_and_wakes_to_min
     );
 
     s2z.plugin(&["wake", s2z.org.as_str()])?;
-    s2z.fx.wait_state(&s2z.org, OrgState::Active, WAIT).await?;
-    let restored = s2z
-        .fx
-        .wait_annotation(&s2z.ns, &name, MIN_SCALE, Some(&DECLARED.to_string()), WAIT)
-        .await?;
-    ensure!(
-        !restored.contains_key(INITIAL_SCALE),
-        "initial-scale left on {name}: {restored:?}"
-    );
+    s2z.wait_restored(&name).await?;
     let serving = wait_serving(s2z.client(), &s2z.ns, &name, DECLARED as usize).await?;
     eprintln!(
         "woken: {name} min-scale {DECLARED}, {} pods serving",

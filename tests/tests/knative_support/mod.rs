@@ -12,7 +12,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
-use s2z_core::labels::{MIN_SCALE, SLEEP_ANNOTATION};
+use s2z_core::labels::{INITIAL_SCALE, MIN_SCALE, SLEEP_ANNOTATION};
 use s2z_core::org::OrgState;
 use s2z_tests::env::{condition, eventually};
 use s2z_tests::webhook::{WebhookProcess, delete_mwc, register_mwc};
@@ -278,6 +278,23 @@ impl S2z {
                 WAIT,
             )
             .await?;
+        Ok(())
+    }
+
+    /// Waits until the org is Active and `rev` carries the declared min-scale again with no
+    /// initial-scale left: what a wake restores, in place.
+    pub async fn wait_restored(&self, rev: &str) -> Result<()> {
+        self.fx
+            .wait_state(&self.org, OrgState::Active, WAIT)
+            .await?;
+        let restored = self
+            .fx
+            .wait_annotation(&self.ns, rev, MIN_SCALE, Some(&DECLARED.to_string()), WAIT)
+            .await?;
+        ensure!(
+            !restored.contains_key(INITIAL_SCALE),
+            "initial-scale left on {rev}: {restored:?}"
+        );
         Ok(())
     }
 

@@ -194,22 +194,27 @@ data:
 }
 
 // knativeWebhookRoute makes Knative's webhook reachable for the apiserver. Its registrations name
-// the Service knative-serving/webhook, and its own reconciler insists on a Service reference. The
-// apiserver runs with --enable-aggregator-routing, so it dials the Service's EndpointSlice
-// address, and checks the certificate Knative made for webhook.knative-serving.svc. An
-// EndpointSlice refuses loopback addresses, hence the webhook's address in its own network
-// namespace (netns.go), reached over a veth pair.
+// the Service knative-serving/webhook, and its own reconciler insists on a Service reference.
 func knativeWebhookRoute(ip net.IP, port int) string {
+	return webhookRoute("knative-serving", "webhook", "webhook-s2z",
+		"    app.kubernetes.io/component: webhook\n    app.kubernetes.io/name: knative-serving\n", ip, port)
+}
+
+// webhookRoute is a Service for a webhook that runs in the plane's webhook network namespace
+// (netns.go) and its EndpointSlice. The apiserver runs with --enable-aggregator-routing, so it
+// dials the Service's EndpointSlice address, and checks the certificate the webhook serves for
+// <service>.<namespace>.svc. An EndpointSlice refuses loopback addresses, hence the webhook's
+// address in its own network namespace, reached over a veth pair. labels are extra lines for the
+// Service's labels, indented by four spaces.
+func webhookRoute(namespace, service, slice, labels string, ip net.IP, port int) string {
 	return fmt.Sprintf(`---
 apiVersion: v1
 kind: Service
 metadata:
-  name: webhook
-  namespace: knative-serving
+  name: %[3]s
+  namespace: %[4]s
   labels:
-    app.kubernetes.io/component: webhook
-    app.kubernetes.io/name: knative-serving
-    s2z.dev/out-of-cluster: "true"
+%[6]s    s2z.dev/out-of-cluster: "true"
 spec:
   ports:
     - name: https-webhook
@@ -219,10 +224,10 @@ spec:
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
-  name: webhook-s2z
-  namespace: knative-serving
+  name: %[5]s
+  namespace: %[4]s
   labels:
-    kubernetes.io/service-name: webhook
+    kubernetes.io/service-name: %[3]s
     endpointslice.kubernetes.io/managed-by: s2z.dev
 addressType: IPv4
 endpoints:
@@ -233,7 +238,7 @@ ports:
   - name: https-webhook
     port: %[2]d
     protocol: TCP
-`, ip.String(), port)
+`, ip.String(), port, service, namespace, slice, labels)
 }
 
 // activatorRoute is activator-service with the Endpoints a Service selecting the activator's

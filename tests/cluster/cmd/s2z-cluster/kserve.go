@@ -123,43 +123,6 @@ func kserveWebhookRegistrations(binDir, caBundle string) ([]byte, error) {
 	return []byte(s), nil
 }
 
-// kserveWebhookRoute is the Service KServe's registrations name, resolved (the apiserver runs
-// with --enable-aggregator-routing) to the manager's address in the webhook network namespace.
-func kserveWebhookRoute(ip string, port int) string {
-	return fmt.Sprintf(`---
-apiVersion: v1
-kind: Service
-metadata:
-  name: %[3]s
-  namespace: %[4]s
-  labels:
-    s2z.dev/out-of-cluster: "true"
-spec:
-  ports:
-    - name: https-webhook
-      port: 443
-      targetPort: %[2]d
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: %[3]s-s2z
-  namespace: %[4]s
-  labels:
-    kubernetes.io/service-name: %[3]s
-    endpointslice.kubernetes.io/managed-by: s2z.dev
-addressType: IPv4
-endpoints:
-  - addresses: ["%[1]s"]
-    conditions:
-      ready: true
-ports:
-  - name: https-webhook
-    port: %[2]d
-    protocol: TCP
-`, ip, port, kserveWebhookService, kserveNamespace)
-}
-
 // kserveProbe is an InferenceService for a server-side dry run, which passes through KServe's
 // defaulting and validating webhooks: both answering means the manager serves.
 const kserveProbe = `apiVersion: serving.kserve.io/v1beta1
@@ -217,7 +180,9 @@ func startKServe(ctx context.Context, o upOptions, admin string, ports map[strin
 	if err != nil {
 		return err
 	}
-	if err := kubectl([]byte(kserveWebhookRoute(netns.innerIP().String(), ports["kserve-webhook"])), "apply", "--server-side", "--force-conflicts", "-f", "-"); err != nil {
+	// Routed like Knative's webhook (webhookRoute in knative.go).
+	route := webhookRoute(kserveNamespace, kserveWebhookService, kserveWebhookService+"-s2z", "", netns.innerIP(), ports["kserve-webhook"])
+	if err := kubectl([]byte(route), "apply", "--server-side", "--force-conflicts", "-f", "-"); err != nil {
 		return err
 	}
 	registrations, err := kserveWebhookRegistrations(o.kserveBinDir, string(caBundle))
