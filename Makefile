@@ -138,7 +138,7 @@ bench-dormancy: $(CLUSTER)
 ## bench-spike: the deploy spike on real Knative and KServe: 60 orgs (50 dormant) redeploy their
 ## pynodes (Knative Services) and models (InferenceServices) without s2z, then with it, each on a
 ## clean slate; pods started, GPU-seconds in the 300 s after, revisions created. Own plane with
-## Knative and KServe in .state/bench-spike, stopped at the end (about 18 minutes). Exits non-zero
+## Knative and KServe in .state/bench-spike, stopped at the end (about 15 minutes). Exits non-zero
 ## if, with s2z, a dormant org starts a pod. BENCH_ARGS="--window 60".
 bench-spike: $(CLUSTER) $(KNATIVE) $(KSERVE)
 	cargo build -p s2z-webhook

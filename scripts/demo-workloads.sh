@@ -106,9 +106,29 @@ wait_pods_gone() {
   return 1
 }
 
+# wait_created GEN ORG...: with Knative, wait until every service of each org has created its
+# revision of generation GEN (for a model, KServe first updates its Knative Service, then Knative
+# makes the revision); fails after a minute if one has not.
+wait_created() {
+  has_knative || return 0
+  local gen=$1 org svc latest
+  shift
+  for org in "$@"; do
+    for svc in pynode model-predictor; do
+      for _ in $(seq 1 300); do
+        latest=$(kubectl get configuration "$svc" -n "$org" -o jsonpath='{.status.latestCreatedRevisionName}' 2>/dev/null || true)
+        [[ $latest == "$svc-0000$gen" ]] && break
+        sleep 0.2
+      done
+      [[ $latest == "$svc-0000$gen" ]] || { echo "$org/$svc did not create revision $svc-0000$gen (latest: ${latest:-none})" >&2; return 1; }
+    done
+  done
+}
+
 # report_redeploy ORG...: per org, the revisions the redeploy created and the pods they started.
 report_redeploy() {
   local org svc rev pods total revs min init scales state
+  wait_created 2 "$@" || fail "the redeploy did not create every revision"
   if has_knative; then sleep 10; fi # give Knative and the scheduler time to start what they would
   printf '%-8s %-9s %-10s %-10s %-22s %s\n' ORG STATE REVISIONS PODS_STARTED "MIN/INITIAL SCALE" WHY
   for org in "$@"; do

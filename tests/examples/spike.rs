@@ -1,7 +1,7 @@
 //! The deploy spike, measured on real Knative Serving (issue 7, item 4): N orgs, most of them
-//! dormant, each with a pynode (a Knative Service) and a model (a real KServe InferenceService
-//! whose predictor declares `minReplicas` and one GPU a pod; KServe's controller makes its
-//! Knative Service), all redeployed at once (a new template, so a new Revision each), once without s2z and once
+//! dormant, each with a pynode (a Knative Service) and a model (a real KServe
+//! InferenceService whose predictor declares `minReplicas` and one GPU a pod; KServe's
+//! controller makes its Knative Service), all redeployed at once (a new Revision each), once without s2z and once
 //! with it, each on a clean slate. Prints pods started, GPU-seconds held in the window after the
 //! redeploy and revisions created, split by dormant and active orgs.
 //!
@@ -130,14 +130,14 @@ impl Bench<'_> {
         ns.strip_prefix(&format!("{prefix}-org-"))?.parse().ok()
     }
 
-    /// The object behind one of an org's services, and its API: the pynode is a Knative
-    /// Service; the model is a real InferenceService (KServe makes its Knative Service
+    /// The object behind one of an org's services, its name and its API: the pynode is a
+    /// Knative Service; the model is a real InferenceService (KServe makes its Knative Service
     /// `model-predictor`), whose predictor declares `minReplicas` and one GPU a pod.
-    fn object(&self, ns: &str, name: &str, generation: u32) -> (ApiResource, Value) {
+    fn object(&self, ns: &str, name: &str, generation: u32) -> (ApiResource, &'static str, Value) {
         if name == MODEL {
             let predictor = kserve::predictor(IMAGE, self.args.model_min_scale, 1, generation);
             let isvc = kserve::inference_service(ns, MODEL_ISVC, predictor, json!({}));
-            return (kserve::inference_services(), isvc);
+            return (kserve::inference_services(), MODEL_ISVC, isvc);
         }
         let ksvc = json!({
             "apiVersion": "serving.knative.dev/v1", "kind": "Service",
@@ -147,7 +147,7 @@ impl Bench<'_> {
                 "env": [{"name": "GENERATION", "value": generation.to_string()}],
             }]}}},
         });
-        (serving("Service", "services"), ksvc)
+        (serving("Service", "services"), PYNODE, ksvc)
     }
 
     /// Creates or updates every service of the run, `CONCURRENCY` at a time.
@@ -157,20 +157,21 @@ impl Bench<'_> {
             .collect();
         stream::iter(jobs)
             .map(|(ns, name)| async move {
-                let (resource, object) = self.object(&ns, name, generation);
+                let (resource, applied, object) = self.object(&ns, name, generation);
                 let api: Api<DynamicObject> =
                     Api::namespaced_with(self.client.clone(), &ns, &resource);
-                let applied = object["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or(name)
-                    .to_string();
                 api.patch(
-                    &applied,
+                    applied,
                     &PatchParams::apply("s2z-spike").force(),
                     &Patch::Apply(&object),
                 )
                 .await
-                .with_context(|| format!("failed to apply {ns}/{name} generation {generation}"))
+                .with_context(|| {
+                    format!(
+                        "failed to apply {} {ns}/{applied} generation {generation}",
+                        resource.kind
+                    )
+                })
             })
             .buffer_unordered(CONCURRENCY)
             .try_collect::<Vec<_>>()

@@ -15,11 +15,6 @@ pub fn inference_services() -> ApiResource {
     )
 }
 
-/// The name of the Knative Service KServe makes for an InferenceService's predictor.
-pub fn predictor_service(isvc: &str) -> String {
-    format!("{isvc}-predictor")
-}
-
 /// A predictor running `image` with `min_replicas` (KServe's `minReplicas`, which it writes as
 /// the Revision template's min-scale) and `gpus` NVIDIA GPUs a pod. `generation` goes into an env
 /// var, so each new value is a model update (a new Revision).

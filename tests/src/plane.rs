@@ -157,9 +157,9 @@ pub fn knative_plane_at(dir: &Path, nodes: u32, gpus_per_node: u32) -> Result<Pl
     }
     let raw = std::fs::read(dir.join("cluster.json")).context("failed to read cluster.json")?;
     let plane: Plane = serde_json::from_slice(&raw).context("failed to parse cluster.json")?;
-    if !plane.knative {
+    if !plane.knative || !plane.kserve {
         bail!(
-            "the plane under {} runs without Knative: stop it, or pass another --state-dir",
+            "the plane under {} runs without Knative or KServe: stop it, or pass another --state-dir",
             dir.display()
         );
     }

@@ -1,11 +1,10 @@
 //! Real Knative Serving on the local control plane: the webhook, controller and autoscaler built
 //! from the knative.dev/serving module (tests/knative) do all the work, from a ksvc down to pods on
-//! KWOK nodes. These tests start their own plane with `s2z-cluster up --knative` (state in
-//! `.state/knative`), so the shared plane keeps its fixture CRDs.
+//! KWOK nodes. These tests use the plane with real Knative and KServe (`s2z-cluster up --kserve`,
+//! state in `.state/knative`), so the shared plane keeps its fixture CRDs.
 //!
-//! Not running here, because they need real networking: the activator, an ingress and the net-*
-//! controllers. So a ksvc never becomes Ready (its Route waits for an Ingress nobody reconciles);
-//! Configurations and Revisions do.
+//! Not running here: an ingress and the net-* controllers. So a ksvc never becomes Ready (its
+//! Route waits for an Ingress nobody reconciles); Configurations and Revisions do.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;

@@ -116,7 +116,7 @@ impl Container {
                     quantity(self.resources.requests.get(*name))
                 }
             })
-            .sum()
+            .fold(0, u64::saturating_add)
     }
 }
 

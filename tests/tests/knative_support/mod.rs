@@ -38,7 +38,7 @@ pub const IMAGE: &str = "example.invalid/s2z/app@sha256:0123456789abcdef01234567
 /// The model every test deploys: the InferenceService `bert`, whose predictor declares
 /// `minReplicas` 3 and one GPU a pod; KServe names its Knative Service `bert-predictor`.
 pub const ISVC: &str = "bert";
-pub const MODEL: &str = "bert-predictor"; // kserve::predictor_service(ISVC)
+pub const MODEL: &str = "bert-predictor";
 pub const DECLARED: u32 = 3;
 /// How long a redeployed model's pods take to become Ready (loading weights).
 pub const MODEL_LOAD: &str = "3s";

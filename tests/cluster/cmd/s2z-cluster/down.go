@@ -64,7 +64,8 @@ func stopAll(dir string, quiet bool) int {
 			fmt.Printf("stopped %s (pid %d)\n", c.name, c.pid)
 		}
 	}
-	// Knative's webhook namespace and its veth pair, once nothing runs in them.
+	// The webhook namespace (Knative's webhook and KServe's manager) and its veth pair, once
+	// nothing runs in them.
 	removeWebhookNetns(dir)
 	_ = os.RemoveAll(pidDir(dir))
 	_ = os.Remove(statePath(dir))

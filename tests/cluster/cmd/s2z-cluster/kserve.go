@@ -80,10 +80,12 @@ const kserveIngress = `{
 // and the webhook registrations (applied once the webhook has a route and a certificate).
 func kserveUpstream(binDir string) ([]byte, error) {
 	cfg := filepath.Join(binDir, "config")
-	paths := append(globSorted(filepath.Join(cfg, "crds", "*.yaml")), filepath.Join(cfg, "configmaps", "inferenceservice.yaml"))
-	if len(paths) < 5 {
-		return nil, fmt.Errorf("upstream KServe manifests missing under %s: run tests/kserve/build", cfg)
+	crds := globSorted(filepath.Join(cfg, "crds", "*.yaml"))
+	configMap := filepath.Join(cfg, "configmaps", "inferenceservice.yaml")
+	if _, err := os.Stat(configMap); err != nil || len(crds) < 5 {
+		return nil, fmt.Errorf("upstream KServe manifests missing under %s (%d CRD files, ConfigMap: %v): run tests/kserve/build", cfg, len(crds), err)
 	}
+	paths := append(crds, configMap)
 	out := []byte(fmt.Sprintf("---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: %s\n  labels:\n    control-plane: kserve-controller-manager\n", kserveNamespace))
 	for _, p := range paths {
 		b, err := os.ReadFile(p)
@@ -147,7 +149,7 @@ func installKServe(o upOptions, kubectl func(stdin []byte, args ...string) error
 	if err := kubectl(upstream, "apply", "--server-side", "--force-conflicts", "--field-manager=kserve-release", "-f", "-"); err != nil {
 		return err
 	}
-	if err := kubectl([]byte(kserveOverrides()), "apply", "--server-side", "--force-conflicts", "-f", "-"); err != nil {
+	if err := kubectl([]byte(kserveOverrides()), "apply", "--server-side", "--force-conflicts", "--field-manager=s2z-cluster", "-f", "-"); err != nil {
 		return err
 	}
 	return kubectl(nil, "wait", "--for=condition=Established", "--timeout=60s",

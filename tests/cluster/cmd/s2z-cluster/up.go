@@ -2,7 +2,8 @@ package main
 
 // `up`: start etcd, kube-apiserver, kube-controller-manager, kube-scheduler and KWOK as separate
 // processes on free loopback ports, install the fixtures, and wait until nodes are Ready. With
-// --knative, also the real Knative Serving webhook, controller and autoscaler (knative.go).
+// --knative, also the real Knative Serving webhook, controller, autoscaler and activator
+// (knative.go); with --kserve, also KServe's controller manager (kserve.go).
 
 import (
 	"bytes"
@@ -316,8 +317,9 @@ func up(ctx context.Context, o upOptions) (*State, error) {
 	if err := kubectl(fixtures.Bytes(), "apply", "--server-side", "--force-conflicts", "-f", "-"); err != nil {
 		return nil, err
 	}
-	// With --kserve every fixture CRD is upstream's (installed and waited for above).
-	if !o.kserve {
+	// Only when a fixture CRD is left: with --kserve every one is upstream's (waited for above),
+	// and `kubectl wait -l` fails when nothing matches.
+	if bytes.Contains(fixtures.Bytes(), []byte("kind: CustomResourceDefinition")) {
 		if err := kubectl(nil, "wait", "--for=condition=Established", "crd", "-l", "s2z.dev/fixture=true", "--timeout=60s"); err != nil {
 			return nil, err
 		}
