@@ -148,7 +148,7 @@ bench-spike: $(CLUSTER) $(KNATIVE) $(KSERVE)
 ## revisions born at zero) against the seed's way (edit each ksvc: a new revision): time from each
 ## wake request to the declared pods Ready (p50/p99/max) and API writes per woken revision. Own
 ## plane in .state/bench-wake, stopped at the end (about 10 minutes). BENCH_ARGS="--orgs 20".
-bench-wake: $(CLUSTER) $(KNATIVE) $(KSERVE)
+bench-wake: $(CLUSTER) $(KNATIVE)
 	cargo build -p s2z-webhook
 	cargo run -p s2z-tests --example wake -- $(BENCH_ARGS)
 

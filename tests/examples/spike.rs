@@ -684,7 +684,7 @@ async fn main() -> Result<()> {
         .clone()
         .unwrap_or_else(|| repo_root().join(".state/bench-spike"));
     let start = Instant::now();
-    let plane = knative_plane_at(&dir, args.nodes, args.gpus_per_node)?;
+    let plane = knative_plane_at(&dir, args.nodes, args.gpus_per_node, true)?;
     let result = async {
         let client = client_for(&plane.admin_kubeconfig).await?;
         ensure_org_crd(&client).await?;

@@ -471,7 +471,8 @@ async fn main() -> Result<()> {
     // Both ways' pods fit at once: 2 x orgs x min-scale GPUs, 8 a node, and a spare node.
     let nodes = (2 * args.orgs as u32 * args.min_scale).div_ceil(8) + 1;
     let start = Instant::now();
-    let plane = knative_plane_at(&dir, nodes, 8)?;
+    // Its models are hand-made KServe-style ksvcs (the seed edits the ksvc), so no KServe.
+    let plane = knative_plane_at(&dir, nodes, 8, false)?;
     let result = async {
         let client = client_for(&plane.admin_kubeconfig).await?;
         ensure_org_crd(&client).await?;

@@ -142,25 +142,29 @@ fn find_or_start(dir: &Path, extra_args: &[&str]) -> Result<Plane> {
     serde_json::from_slice(&raw).with_context(|| format!("failed to parse {}", path.display()))
 }
 
-/// Starts (or finds, as `up` is idempotent) a plane with real Knative and KServe under `dir` with
-/// `nodes` fake GPU nodes of `gpus_per_node`: for a bench program that owns its plane.
-pub fn knative_plane_at(dir: &Path, nodes: u32, gpus_per_node: u32) -> Result<Plane> {
+/// Starts (or finds, as `up` is idempotent) a plane with real Knative (and, with `kserve`, real
+/// KServe) under `dir` with `nodes` fake GPU nodes of `gpus_per_node`: for a bench program that
+/// owns its plane.
+pub fn knative_plane_at(dir: &Path, nodes: u32, gpus_per_node: u32, kserve: bool) -> Result<Plane> {
     let bin = launcher();
+    let flag = if kserve { "--kserve" } else { "--knative" };
     let status = Command::new(&bin)
-        .args(["up", "--kserve", "--nodes", &nodes.to_string()])
+        .args(["up", flag, "--nodes", &nodes.to_string()])
         .args(["--gpus-per-node", &gpus_per_node.to_string(), "--state-dir"])
         .arg(dir)
         .status()
         .with_context(|| format!("failed to run {}", bin.display()))?;
     if !status.success() {
-        bail!("s2z-cluster up --kserve failed");
+        bail!("s2z-cluster up {flag} failed");
     }
     let raw = std::fs::read(dir.join("cluster.json")).context("failed to read cluster.json")?;
     let plane: Plane = serde_json::from_slice(&raw).context("failed to parse cluster.json")?;
-    if !plane.knative || !plane.kserve {
+    if !plane.knative || plane.kserve != kserve {
         bail!(
-            "the plane under {} runs without Knative or KServe: stop it, or pass another --state-dir",
-            dir.display()
+            "the plane under {} runs with knative={} kserve={}: stop it, or pass another --state-dir",
+            dir.display(),
+            plane.knative,
+            plane.kserve
         );
     }
     Ok(plane)
