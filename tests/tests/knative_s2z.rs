@@ -45,18 +45,7 @@ async fn dormant_redeploy_is_born_at_zero_and_starts_no_pod() -> Result<()> {
 
     let rev = s2z.redeploy().await?;
     let name = format!("{MODEL}-00002");
-    ensure!(
-        annotation(&rev, MIN_SCALE).as_deref() == Some("0")
-            && annotation(&rev, INITIAL_SCALE).as_deref() == Some("0"),
-        "{name} annotations: {:?}",
-        rev.metadata.annotations
-    );
-    // What the user declared is kept for the wake.
-    let declared = annotation(&rev, DECLARED_ANNOTATION).unwrap_or_default();
-    ensure!(
-        declared.contains(&format!(r#""{MIN_SCALE}":"{DECLARED}""#)),
-        "declared: {declared}"
-    );
+    ensure_born_at_zero(&rev)?;
     let d = deployment(s2z.client(), &s2z.ns, &name).await?;
     ensure!(
         replicas(&d) == Some(0),

@@ -185,17 +185,7 @@ async fn a_dormant_orgs_inferenceservice_update_is_born_at_zero_and_wakes_to_min
         "{:?}",
         born.metadata.name
     );
-    ensure!(
-        annotation(&born, MIN_SCALE).as_deref() == Some("0")
-            && annotation(&born, INITIAL_SCALE).as_deref() == Some("0"),
-        "{name}: {:?}",
-        born.metadata.annotations
-    );
-    let recorded = annotation(&born, DECLARED_ANNOTATION).unwrap_or_default();
-    ensure!(
-        recorded.contains(&format!(r#""{MIN_SCALE}":"{DECLARED}""#)),
-        "{name} declared record {recorded:?}"
-    );
+    ensure_born_at_zero(&born)?;
     let revisions = revision_names(s2z.client(), &s2z.ns).await?;
     ensure!(
         revisions == [format!("{MODEL}-00001"), name.clone()],

@@ -12,7 +12,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
-use s2z_core::labels::{INITIAL_SCALE, MIN_SCALE, SLEEP_ANNOTATION};
+use s2z_core::labels::{DECLARED_ANNOTATION, INITIAL_SCALE, MIN_SCALE, SLEEP_ANNOTATION};
 use s2z_core::org::OrgState;
 use s2z_tests::env::{condition, eventually};
 use s2z_tests::webhook::{WebhookProcess, delete_mwc, register_mwc};
@@ -103,6 +103,25 @@ pub async fn apply_model(
 
 pub fn annotation(obj: &DynamicObject, key: &str) -> Option<String> {
     obj.metadata.annotations.as_ref()?.get(key).cloned()
+}
+
+/// Fails unless `rev` was born at zero by s2z's webhook: min-scale 0, initial-scale 0, and the
+/// declared min-scale ([`DECLARED`], KServe's `minReplicas`) kept in `s2z.dev/declared` for the
+/// wake.
+pub fn ensure_born_at_zero(rev: &DynamicObject) -> Result<()> {
+    let name = rev.metadata.name.as_deref().unwrap_or_default();
+    ensure!(
+        annotation(rev, MIN_SCALE).as_deref() == Some("0")
+            && annotation(rev, INITIAL_SCALE).as_deref() == Some("0"),
+        "{name} annotations: {:?}",
+        rev.metadata.annotations
+    );
+    let declared = annotation(rev, DECLARED_ANNOTATION).unwrap_or_default();
+    ensure!(
+        declared.contains(&format!(r#""{MIN_SCALE}":"{DECLARED}""#)),
+        "{name} declared: {declared}"
+    );
+    Ok(())
 }
 
 /// Waits until Knative reports the Revision Ready.
